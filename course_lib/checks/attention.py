@@ -1,0 +1,204 @@
+"""Checks for the exercises of lesson 01 (attention).
+
+Each ``check_*`` function takes the learner's function, calls it on fresh random inputs
+(and on edge cases), compares with the reference in :mod:`course_lib.attention` or with
+PyTorch's own ``scaled_dot_product_attention``, and raises ``AssertionError`` with an
+explanation when something is off. ``seed`` reproduces a failing run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import attention as ref
+from course_lib.checks.common import call, expect_tensor, new_generator, randint
+
+_DTYPES = (torch.float32, torch.float64)
+
+
+def _not_reference(fn, reference, name: str) -> None:
+    if fn is reference:
+        raise AssertionError(f"{name}: write your own function rather than passing the course's reference")
+
+
+# --------------------------------------------------------------------------- softmax
+
+
+def check_softmax(softmax, seed: int | None = None, n_cases: int = 12) -> None:
+    """``softmax(x, dim=-1)`` on random tensors of 1 to 4 dims, float32 and float64, every ``dim``."""
+    _not_reference(softmax, ref.softmax, "softmax")
+    gen, seed = new_generator(seed)
+    for case in range(n_cases):
+        n_dims = randint(gen, 1, 4)
+        shape = tuple(randint(gen, 1, 6) for _ in range(n_dims))
+        dtype = _DTYPES[case % 2]
+        spread = float(torch.empty(1).uniform_(0.1, 30.0, generator=gen))
+        x = (torch.randn(shape, generator=gen, dtype=torch.float64) * spread).to(dtype)
+        dim = randint(gen, -n_dims, n_dims - 1)
+        what = f"softmax(x, dim={dim}) for x of shape {shape} and dtype {dtype} (seed {seed})"
+        got = call(softmax, x, dim=dim, what=what)
+        expect_tensor(got, ref.softmax(x, dim=dim), what)
+    x = torch.randn(3, 5, generator=gen)
+    expect_tensor(call(softmax, x, what="softmax(x) with the default dim"), ref.softmax(x), "softmax(x) with the default dim=-1")
+
+
+def check_softmax_edge_cases(softmax) -> None:
+    """Large scores, ``-inf`` scores and fully masked rows (see the docstring of the exercise)."""
+    cases = [
+        ("scores far apart", torch.tensor([[1e4, -1e4, 0.0]]), -1),
+        ("large equal scores", torch.tensor([[1000.0, 1000.0], [-1000.0, -1000.0]]), -1),
+        ("large scores in float64", torch.tensor([[800.0, 799.0, -5.0]], dtype=torch.float64), -1),
+        ("a masked score (-inf)", torch.tensor([[0.0, float("-inf"), 1.0]]), -1),
+        ("a fully masked row", torch.tensor([[float("-inf"), float("-inf")], [0.0, 0.0]]), -1),
+        ("large scores along dim 0", torch.tensor([[500.0, 1.0], [-500.0, 2.0], [499.0, 3.0]]), 0),
+        ("a single element", torch.tensor([7.0]), -1),
+    ]
+    for name, x, dim in cases:
+        what = f"softmax on {name}: x={x.tolist()}, dim={dim}"
+        expect_tensor(call(softmax, x, dim=dim, what=what), ref.softmax(x, dim=dim), what)
+
+
+# --------------------------------------------------------------------------- causal mask
+
+
+def check_causal_mask(causal_mask, seed: int | None = None) -> None:
+    """``causal_mask(n_q, n_k)``: boolean ``(n_q, n_k)``, ``True`` where query i may see key j (j <= i)."""
+    _not_reference(causal_mask, ref.causal_mask, "causal_mask")
+    gen, seed = new_generator(seed)
+    sizes = [(1, 1), (4, 4), (3, 5), (5, 3)]
+    sizes += [(randint(gen, 1, 9), randint(gen, 1, 9)) for _ in range(6)]
+    for n_q, n_k in sizes:
+        what = f"causal_mask({n_q}, {n_k}) (seed {seed})"
+        expect_tensor(call(causal_mask, n_q, n_k, what=what), ref.causal_mask(n_q, n_k), what)
+
+
+def check_causal_mask_against_torch(causal_mask) -> None:
+    """The mask gives PyTorch's ``is_causal=True`` attention, also for ``n_q != n_k``."""
+    gen, _ = new_generator(0)
+    for n_q, n_k in [(6, 6), (2, 7), (7, 2), (1, 1)]:
+        q = torch.randn(2, n_q, 8, generator=gen, dtype=torch.float64)
+        k = torch.randn(2, n_k, 8, generator=gen, dtype=torch.float64)
+        v = torch.randn(2, n_k, 8, generator=gen, dtype=torch.float64)
+        mask = call(causal_mask, n_q, n_k, what=f"causal_mask({n_q}, {n_k})")
+        expect_tensor(mask, ref.causal_mask(n_q, n_k), f"causal_mask({n_q}, {n_k})")
+        got = F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
+        expect_tensor(got, F.scaled_dot_product_attention(q, k, v, is_causal=True), f"attention with causal_mask({n_q}, {n_k})")
+
+
+# --------------------------------------------------------------------------- scaled dot-product attention
+
+
+def _random_qkv(gen, batch_shape, n_q, n_k, e, ev, dtype):
+    q = torch.randn(*batch_shape, n_q, e, generator=gen, dtype=torch.float64).to(dtype)
+    k = torch.randn(*batch_shape, n_k, e, generator=gen, dtype=torch.float64).to(dtype)
+    v = torch.randn(*batch_shape, n_k, ev, generator=gen, dtype=torch.float64).to(dtype)
+    return q, k, v
+
+
+def check_scaled_dot_product_attention(attention, seed: int | None = None, n_cases: int = 10) -> None:
+    """``attention(q, k, v, attn_mask=None)`` against ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Random batch shapes, query length != key length, E != Ev, float32 and float64,
+    with no mask and with boolean masks of shape ``(L, S)``.
+    """
+    _not_reference(attention, ref.scaled_dot_product_attention, "scaled_dot_product_attention")
+    gen, seed = new_generator(seed)
+    for case in range(n_cases):
+        batch_shape = tuple(randint(gen, 1, 3) for _ in range(randint(gen, 0, 2)))
+        n_q, n_k = randint(gen, 1, 7), randint(gen, 1, 7)
+        e, ev = randint(gen, 2, 16), randint(gen, 1, 9)
+        dtype = _DTYPES[case % 2]
+        q, k, v = _random_qkv(gen, batch_shape, n_q, n_k, e, ev, dtype)
+        mask = None
+        if case % 3 != 0:
+            mask = torch.rand(n_q, n_k, generator=gen) < 0.7
+            mask[:, 0] = True  # every query may see at least one key here
+        what = (
+            f"attention(q, k, v, attn_mask) with q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
+            f"{dtype}, mask {'None' if mask is None else tuple(mask.shape)} (seed {seed})"
+        )
+        got = call(attention, q, k, v, attn_mask=mask, what=what)
+        expect_tensor(got, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), what)
+    q, k, v = _random_qkv(gen, (2,), 3, 4, 5, 6, torch.float32)
+    what = "attention(q, k, v) called without attn_mask"
+    expect_tensor(call(attention, q, k, v, what=what), F.scaled_dot_product_attention(q, k, v), what)
+
+
+def check_scaled_dot_product_attention_edge_cases(attention) -> None:
+    """Broadcast padding masks, a fully masked query (all-zero output) and large scores."""
+    gen, _ = new_generator(1)
+    q, k, v = _random_qkv(gen, (2, 3), 4, 5, 8, 6, torch.float64)
+    pad = ref.padding_mask(torch.tensor([5, 2]), 5)  # (2, 1, 1, 5)
+    what = "attention with a padding mask of shape (batch, 1, 1, S)"
+    expect_tensor(call(attention, q, k, v, attn_mask=pad, what=what), F.scaled_dot_product_attention(q, k, v, attn_mask=pad), what)
+
+    mask = torch.ones(4, 5, dtype=torch.bool)
+    mask[2] = False  # query 2 may attend to nothing
+    what = "attention where query 2 may attend to no key (its output row must be all zeros)"
+    expect_tensor(call(attention, q, k, v, attn_mask=mask, what=what), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), what)
+
+    q, k, v = _random_qkv(gen, (1,), 3, 3, 4, 4, torch.float32)
+    q, k = q * 40, k * 40  # scores in the thousands: needs a stable softmax
+    what = "attention with very large scores (|q.k| in the thousands)"
+    expect_tensor(call(attention, q, k, v, what=what), F.scaled_dot_product_attention(q, k, v), what)
+
+    q, k, v = _random_qkv(gen, (), 2, 3, 64, 3, torch.float64)
+    what = "attention with head size 64 (the scale is 1/sqrt(64) = 1/8)"
+    expect_tensor(call(attention, q, k, v, what=what), F.scaled_dot_product_attention(q, k, v), what)
+
+
+# --------------------------------------------------------------------------- multi-head attention
+
+
+def _reference_mha(x, w_q, w_k, w_v, w_o, n_heads, is_causal):
+    mha = ref.MultiHeadAttention(w_q.shape[0], n_heads).to(x.dtype)
+    with torch.no_grad():
+        for lin, w in ((mha.q_proj, w_q), (mha.k_proj, w_k), (mha.v_proj, w_v), (mha.o_proj, w_o)):
+            lin.weight.copy_(w)
+        return mha(x, is_causal=is_causal)
+
+
+def check_multi_head_attention(mha, seed: int | None = None, n_cases: int = 8) -> None:
+    """``mha(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False)`` against :class:`course_lib.attention.MultiHeadAttention`.
+
+    ``x`` is ``(batch, seq, d_model)``; the four weights are ``(d_model, d_model)`` in
+    ``nn.Linear``'s layout (``q = x @ w_q.T``).
+    """
+    gen, seed = new_generator(seed)
+    for case in range(n_cases):
+        n_heads = randint(gen, 1, 4)
+        head_dim = randint(gen, 2, 6)
+        d_model = n_heads * head_dim
+        batch, seq = randint(gen, 1, 3), randint(gen, 1, 7)
+        dtype = _DTYPES[case % 2]
+        x = torch.randn(batch, seq, d_model, generator=gen, dtype=torch.float64).to(dtype)
+        ws = [(torch.randn(d_model, d_model, generator=gen, dtype=torch.float64) / math.sqrt(d_model)).to(dtype) for _ in range(4)]
+        is_causal = case % 2 == 1
+        what = (
+            f"mha(x, w_q, w_k, w_v, w_o, n_heads={n_heads}, is_causal={is_causal}) with x {tuple(x.shape)}, "
+            f"{dtype} (seed {seed})"
+        )
+        got = call(mha, x, *ws, n_heads, is_causal=is_causal, what=what)
+        expect_tensor(got, _reference_mha(x, *ws, n_heads, is_causal), what)
+
+
+def check_multi_head_attention_against_torch(mha) -> None:
+    """The same computation as ``torch.nn.MultiheadAttention`` (no biases), with many heads and a longer sequence."""
+    gen, _ = new_generator(2)
+    d_model, n_heads = 32, 8
+    torch_mha = torch.nn.MultiheadAttention(d_model, n_heads, bias=False, batch_first=True, dtype=torch.float64)
+    with torch.no_grad():
+        for p in torch_mha.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=torch.float64) / math.sqrt(d_model))
+    w_q, w_k, w_v = torch_mha.in_proj_weight.detach().chunk(3)
+    w_o = torch_mha.out_proj.weight.detach()
+    x = torch.randn(2, 11, d_model, generator=gen, dtype=torch.float64)
+    for is_causal in (False, True):
+        mask = ~ref.causal_mask(11, 11) if is_causal else None  # torch's own convention: True = blocked
+        with torch.no_grad():
+            expected, _ = torch_mha(x, x, x, attn_mask=mask, need_weights=False)
+        what = f"mha with d_model=32, n_heads=8, seq 11, is_causal={is_causal}, against torch.nn.MultiheadAttention"
+        expect_tensor(call(mha, x, w_q, w_k, w_v, w_o, n_heads, is_causal=is_causal, what=what), expected, what)

@@ -1,0 +1,65 @@
+"""Helpers shared by the exercise checks.
+
+A check calls the learner's function on fresh random inputs and on edge cases and
+compares what comes back with the course's reference. It fails with an
+``AssertionError`` whose message says what was called, what was expected and what came
+back, and the seed that reproduces the inputs.
+"""
+
+from __future__ import annotations
+
+import secrets
+
+import torch
+
+
+def new_generator(seed: int | None = None) -> tuple[torch.Generator, int]:
+    """A CPU ``torch.Generator`` seeded with ``seed``, or with a fresh random seed when ``None``."""
+    seed = secrets.randbits(31) if seed is None else int(seed)
+    return torch.Generator().manual_seed(seed), seed
+
+
+def randint(gen: torch.Generator, low: int, high: int) -> int:
+    """One integer in ``[low, high]`` (both included) drawn from ``gen``."""
+    return int(torch.randint(low, high + 1, (1,), generator=gen))
+
+
+def call(fn, *args, what: str, **kwargs):
+    """Call ``fn`` on copies of tensor arguments and fail if it changed them in place."""
+    copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
+    kw_copies = {k: (a.clone() if isinstance(a, torch.Tensor) else a) for k, a in kwargs.items()}
+    result = fn(*copies, **kw_copies)
+    for before, after in zip(args, copies):
+        if isinstance(before, torch.Tensor) and not torch.equal(before, after):
+            raise AssertionError(f"{what} changed its input tensor in place; compute a new tensor instead")
+    for key, before in kwargs.items():
+        if isinstance(before, torch.Tensor) and not torch.equal(before, kw_copies[key]):
+            raise AssertionError(f"{what} changed its argument {key!r} in place; compute a new tensor instead")
+    return result
+
+
+def expect_tensor(got, expected: torch.Tensor, what: str, *, atol: float | None = None, rtol: float | None = None) -> None:
+    """Fail unless ``got`` is a plain ``torch.Tensor`` with ``expected``'s dtype, shape, device and values.
+
+    The type is checked exactly, so an object that merely compares equal to anything
+    is rejected. Tolerances default to ``torch.testing.assert_close``'s for the dtype.
+    """
+    if type(got) is not torch.Tensor:
+        raise AssertionError(f"{what} should return a torch.Tensor, got {type(got).__name__}")
+    if got.dtype != expected.dtype:
+        raise AssertionError(f"{what} should return dtype {expected.dtype}, got {got.dtype}")
+    if tuple(got.shape) != tuple(expected.shape):
+        raise AssertionError(f"{what} should return shape {tuple(expected.shape)}, got {tuple(got.shape)}")
+    if got.device != expected.device:
+        raise AssertionError(f"{what} should return a tensor on {expected.device}, got {got.device}")
+    if expected.dtype == torch.bool or not expected.is_floating_point():
+        if not torch.equal(got, expected):
+            wrong = (got != expected).nonzero()[:5].tolist()
+            raise AssertionError(f"{what} has wrong entries, for example at indices {wrong}.\nexpected:\n{expected}\ngot:\n{got}")
+        return
+    if torch.isnan(got).any() and not torch.isnan(expected).any():
+        raise AssertionError(f"{what} contains nan where the reference has none")
+    try:
+        torch.testing.assert_close(got, expected, atol=atol, rtol=rtol)
+    except AssertionError as err:
+        raise AssertionError(f"{what} returns wrong values.\n{err}") from None

@@ -1,0 +1,284 @@
+"""Release, autograde and self-check lessons with nbgrader (lesson 00 explains the workflow).
+
+Every grading run happens in a fresh temporary course directory: the course's
+``nbgrader_config.py`` and ``solutions/`` are copied there, nbgrader generates the
+release (which fills a fresh gradebook with the graded cells, hidden tests included),
+the notebook to grade is copied in as a submission, nbgrader autogrades it, and the
+scores are read back from the gradebook. The notebook being graded is only ever read.
+
+Command line (the Makefile's targets call these)::
+
+    python -m course_lib.grading release          # solutions/ -> notebooks/
+    python -m course_lib.grading check 01         # grade notebooks/01_*/01_*.ipynb
+    python -m course_lib.grading grade PATH 01    # grade any notebook of lesson 01
+    python -m course_lib.grading timings          # time and memory of each solution notebook
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import os
+import resource
+import shutil
+import subprocess
+import sys
+import tempfile
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+STUDENT = "learner"
+
+
+# --------------------------------------------------------------------------- where things are
+
+
+def course_root(start: Path | None = None) -> Path:
+    """The folder that holds ``nbgrader_config.py`` and ``solutions/``: the current folder or one above it."""
+    here = Path(start or Path.cwd()).resolve()
+    for folder in (here, *here.parents):
+        if (folder / "nbgrader_config.py").is_file() and (folder / "solutions").is_dir():
+            return folder
+    package_parent = Path(__file__).resolve().parents[1]
+    if (package_parent / "nbgrader_config.py").is_file():
+        return package_parent
+    raise FileNotFoundError(f"no course folder (with nbgrader_config.py and solutions/) at or above {here}")
+
+
+def lessons(root: Path | None = None) -> list[str]:
+    """Lesson names, in order: every ``solutions/NAME/NAME.ipynb``."""
+    root = course_root(root)
+    return sorted(p.name for p in (root / "solutions").iterdir() if (p / f"{p.name}.ipynb").is_file())
+
+
+def find_lesson(prefix: str, root: Path | None = None) -> str:
+    """The lesson whose name is or starts with ``prefix`` (``"01"`` -> ``"01_attention"``)."""
+    names = lessons(root)
+    matches = [n for n in names if n == prefix] or [n for n in names if n.startswith(str(prefix))]
+    if len(matches) != 1:
+        raise ValueError(f"lesson {prefix!r} should name exactly one of {names}, matched {matches}")
+    return matches[0]
+
+
+# --------------------------------------------------------------------------- nbgrader
+
+
+@contextlib.contextmanager
+def _venv_bin_on_path():
+    """nbgrader runs the ``alembic`` executable that sits beside this Python."""
+    old = os.environ.get("PATH", "")
+    os.environ["PATH"] = str(Path(sys.executable).parent) + os.pathsep + old
+    try:
+        yield
+    finally:
+        os.environ["PATH"] = old
+
+
+def _api(course: Path):
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+    from traitlets.config.loader import PyFileConfigLoader
+
+    config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
+    config.CourseDirectory.root = str(course)
+    coursedir = CourseDirectory(config=config)
+    return NbGraderAPI(coursedir=coursedir, config=config)
+
+
+def _run(result: dict, what: str) -> None:
+    if not result.get("success"):
+        raise RuntimeError(f"nbgrader {what} failed:\n{result.get('error', '')}\n{result.get('log', '')}")
+
+
+def make_course(folder: Path, names: list[str] | None = None, root: Path | None = None, timeout: int | None = None) -> Path:
+    """Set up a course directory in ``folder`` and generate the release of ``names`` (default: all lessons).
+
+    ``timeout`` overrides the per-cell grading timeout of ``nbgrader_config.py``.
+    Returns ``folder``.
+    """
+    root = course_root(root)
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    config = (root / "nbgrader_config.py").read_text()
+    if timeout is not None:
+        config += f"\nc.Execute.timeout = {int(timeout)}\n"
+    (folder / "nbgrader_config.py").write_text(config)
+    for name in names or lessons(root):
+        shutil.copytree(root / "solutions" / name, folder / "solutions" / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
+        with _venv_bin_on_path():
+            _run(_api(folder).generate_assignment(name), f"generate_assignment {name}")
+    return folder
+
+
+@dataclass
+class Scores:
+    """Points per graded cell (``grade_id -> (score, max_score)``) and the totals."""
+
+    lesson: str
+    cells: dict[str, tuple[float, float]] = field(default_factory=dict)
+    seconds: float = 0.0
+
+    @property
+    def score(self) -> float:
+        return sum(s for s, _ in self.cells.values())
+
+    @property
+    def max_score(self) -> float:
+        return sum(m for _, m in self.cells.values())
+
+    def table(self) -> str:
+        width = max([len(k) for k in self.cells] + [len("total")])
+        lines = [f"{'exercise':<{width}}  points", "-" * (width + 10)]
+        lines += [f"{k:<{width}}  {s:g} / {m:g}" for k, (s, m) in self.cells.items()]
+        lines += ["-" * (width + 10), f"{'total':<{width}}  {self.score:g} / {self.max_score:g}"]
+        return "\n".join(lines)
+
+
+def autograde(course: Path, lesson: str, notebook: Path, student: str = STUDENT) -> Scores:
+    """Autograde a copy of ``notebook`` as ``student``'s submission of ``lesson`` in ``course``.
+
+    The course must have been made by :func:`make_course`. Locked and test cells are
+    restored from the gradebook, so edits to them change nothing. Returns the scores
+    read from the gradebook.
+    """
+    from nbgrader.api import Gradebook
+
+    course = Path(course)
+    target = course / "submitted" / student / lesson / f"{lesson}.ipynb"
+    target.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(notebook, target)
+    start = time.perf_counter()
+    with _venv_bin_on_path():
+        api = _api(course)
+        _run(api.autograde(lesson, student), f"autograde {lesson}")
+    seconds = time.perf_counter() - start
+    scores = Scores(lesson=lesson, seconds=seconds)
+    with Gradebook(api.coursedir.db_url) as gb:
+        notebook_grades = gb.find_submission_notebook(lesson, lesson, student)
+        for grade in sorted(notebook_grades.grades, key=lambda g: g.cell_id):
+            if grade.max_score > 0:
+                scores.cells[grade.name] = (float(grade.score), float(grade.max_score))
+    return scores
+
+
+def grade(notebook: Path, lesson: str, root: Path | None = None, timeout: int | None = None) -> Scores:
+    """Grade ``notebook`` (a learner's copy of ``lesson``) in a temporary course; the file is only read."""
+    notebook = Path(notebook).resolve()
+    if not notebook.is_file():
+        raise FileNotFoundError(notebook)
+    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
+        course = make_course(Path(tmp), [lesson], root=root, timeout=timeout)
+        return autograde(course, lesson, notebook)
+
+
+def release(root: Path | None = None) -> list[Path]:
+    """Regenerate ``notebooks/`` from ``solutions/`` with nbgrader; returns the release folders."""
+    root = course_root(root)
+    names = lessons(root)
+    out = []
+    with tempfile.TemporaryDirectory(prefix="course-release-") as tmp:
+        course = make_course(Path(tmp), names, root=root)
+        for stale in (root / "notebooks").glob("[0-9][0-9]_*"):
+            if stale.is_dir() and stale.name not in names:
+                shutil.rmtree(stale)
+        for name in names:
+            dest = root / "notebooks" / name
+            if dest.exists():
+                shutil.rmtree(dest)
+            shutil.copytree(course / "notebooks" / name, dest)
+            out.append(dest)
+    return out
+
+
+# --------------------------------------------------------------------------- budgets
+
+
+def measure_notebook(notebook: Path, timeout: int = 600) -> dict:
+    """Execute ``notebook`` in a fresh kernel; return wall seconds and the kernel's peak RSS in bytes.
+
+    Runs in a child process so that the peak is the kernel's own (``RUSAGE_CHILDREN`` of
+    that child, whose only child is the kernel). Raises if a cell fails.
+    """
+    code = (
+        "import json, resource, sys, time, nbformat\n"
+        "from nbclient import NotebookClient\n"
+        "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+        "t = time.perf_counter()\n"
+        "NotebookClient(nb, timeout=int(sys.argv[2]), kernel_name='python3',\n"
+        "               resources={'metadata': {'path': sys.argv[3]}}).execute()\n"
+        "seconds = time.perf_counter() - t\n"
+        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
+        "print(json.dumps({'seconds': seconds, 'peak_rss': peak}))\n"
+    )
+    notebook = Path(notebook).resolve()
+    with _venv_bin_on_path():
+        proc = subprocess.run(
+            [sys.executable, "-c", code, str(notebook), str(timeout), str(notebook.parent)],
+            capture_output=True, text=True, timeout=timeout + 60,
+        )
+    if proc.returncode != 0:
+        raise RuntimeError(f"{notebook.name} failed to execute:\n{proc.stderr[-4000:]}")
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def timings_table(root: Path | None = None) -> str:
+    """Execute every solution notebook and return a Markdown table of time and peak memory."""
+    root = course_root(root)
+    rows = [
+        "| notebook | wall time (s) | peak memory (MiB) |",
+        "|---|---|---|",
+    ]
+    for name in lessons(root):
+        m = measure_notebook(root / "solutions" / name / f"{name}.ipynb")
+        rows.append(f"| solutions/{name}/{name}.ipynb | {m['seconds']:.1f} | {m['peak_rss'] / 2**20:.0f} |")
+    return "\n".join(rows)
+
+
+# --------------------------------------------------------------------------- command line
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.grading", description=__doc__.split("\n\n")[0])
+    sub = parser.add_subparsers(dest="command", required=True)
+    sub.add_parser("release", help="regenerate notebooks/ from solutions/")
+    p_check = sub.add_parser("check", help="grade your notebook notebooks/NN_topic/NN_topic.ipynb")
+    p_check.add_argument("lesson", help="lesson number or name, e.g. 01")
+    p_grade = sub.add_parser("grade", help="grade any copy of a lesson's notebook")
+    p_grade.add_argument("notebook", type=Path)
+    p_grade.add_argument("lesson")
+    p_time = sub.add_parser("timings", help="time and peak memory of every solution notebook")
+    p_time.add_argument("--write", type=Path, help="also write the table to this Markdown file")
+    args = parser.parse_args(argv)
+
+    root = course_root()
+    if args.command == "release":
+        for folder in release(root):
+            print(f"released {folder.relative_to(root)}")
+        return 0
+    if args.command in ("check", "grade"):
+        lesson = find_lesson(args.lesson, root)
+        notebook = args.notebook if args.command == "grade" else root / "notebooks" / lesson / f"{lesson}.ipynb"
+        print(f"Grading {notebook} (a copy; your file is not changed) ...", flush=True)
+        scores = grade(notebook, lesson, root)
+        print(scores.table())
+        print(f"graded in {scores.seconds:.0f} s")
+        return 0
+    if args.command == "timings":
+        table = timings_table(root)
+        print(table)
+        if args.write:
+            header = (
+                "# Solution notebooks: time and memory\n\n"
+                "Each solution notebook executed from a fresh kernel by `make timings`; peak memory is the\n"
+                "kernel's peak resident set size. Budget: 60 s and 1.5 GB each on 2 CPU cores.\n\n"
+                f"Measured with {os.cpu_count()} CPU cores.\n\n"
+            )
+            args.write.write_text(header + table + "\n")
+        return 0
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())

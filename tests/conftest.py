@@ -1,0 +1,36 @@
+"""Shared fixtures: the repository root, and the devices that tests run on.
+
+A test that takes the ``device`` fixture runs once per device present (the CPU always,
+CUDA and MPS when available). Tests marked ``gpu`` need CUDA and are skipped without it.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from course_lib.device import available_devices
+
+REPO = Path(__file__).resolve().parents[1]
+
+
+def pytest_generate_tests(metafunc):
+    if "device" in metafunc.fixturenames:
+        devices = available_devices()
+        metafunc.parametrize("device", devices, ids=[d.type for d in devices])
+
+
+def pytest_collection_modifyitems(config, items):
+    if torch.cuda.is_available():
+        return
+    skip = pytest.mark.skip(reason="needs a CUDA GPU (run `make gpu-check` on one)")
+    for item in items:
+        if "gpu" in item.keywords:
+            item.add_marker(skip)
+
+
+@pytest.fixture(scope="session")
+def repo() -> Path:
+    return REPO
