@@ -20,7 +20,6 @@ import argparse
 import contextlib
 import json
 import os
-import resource
 import shutil
 import subprocess
 import sys
@@ -156,11 +155,18 @@ def autograde(course: Path, lesson: str, notebook: Path, student: str = STUDENT)
     seconds = time.perf_counter() - start
     scores = Scores(lesson=lesson, seconds=seconds)
     with Gradebook(api.coursedir.db_url) as gb:
-        notebook_grades = gb.find_submission_notebook(lesson, lesson, student)
-        for grade in sorted(notebook_grades.grades, key=lambda g: g.cell_id):
-            if grade.max_score > 0:
-                scores.cells[grade.name] = (float(grade.score), float(grade.max_score))
+        grades = {g.name: g for g in gb.find_submission_notebook(lesson, lesson, student).grades}
+        for grade_id in _graded_cell_ids(course / "notebooks" / lesson / f"{lesson}.ipynb"):
+            grade = grades[grade_id]
+            scores.cells[grade_id] = (float(grade.score), float(grade.max_score))
     return scores
+
+
+def _graded_cell_ids(notebook: Path) -> list[str]:
+    """grade_ids of the cells that carry points, in notebook order."""
+    cells = json.loads(Path(notebook).read_text())["cells"]
+    metas = [c.get("metadata", {}).get("nbgrader", {}) for c in cells]
+    return [m["grade_id"] for m in metas if m.get("grade") and m.get("points", 0) > 0]
 
 
 def grade(notebook: Path, lesson: str, root: Path | None = None, timeout: int | None = None) -> Scores:

@@ -1,0 +1,102 @@
+"""The exercise checks themselves: they accept the reference and reject malformed answers."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from course_lib import attention, memory
+from course_lib.checks import attention as attention_checks
+from course_lib.checks import basics as basics_checks
+from course_lib.checks.common import call, expect_tensor
+
+
+def wrapped(fn):
+    return lambda *args, **kwargs: fn(*args, **kwargs)
+
+
+def reference_mha(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
+    mha = attention.MultiHeadAttention(x.shape[-1], n_heads).to(x.dtype)
+    with torch.no_grad():
+        for lin, w in ((mha.q_proj, w_q), (mha.k_proj, w_k), (mha.v_proj, w_v), (mha.o_proj, w_o)):
+            lin.weight.copy_(w)
+        return mha(x, is_causal=is_causal)
+
+
+CHECKS = [
+    (attention_checks.check_softmax, wrapped(attention.softmax)),
+    (attention_checks.check_softmax_edge_cases, wrapped(attention.softmax)),
+    (attention_checks.check_causal_mask, wrapped(attention.causal_mask)),
+    (attention_checks.check_causal_mask_against_torch, wrapped(attention.causal_mask)),
+    (attention_checks.check_scaled_dot_product_attention, wrapped(attention.scaled_dot_product_attention)),
+    (attention_checks.check_scaled_dot_product_attention_edge_cases, wrapped(attention.scaled_dot_product_attention)),
+    (attention_checks.check_multi_head_attention, reference_mha),
+    (attention_checks.check_multi_head_attention_against_torch, reference_mha),
+    (basics_checks.check_tensor_bytes, wrapped(memory.tensor_bytes)),
+    (basics_checks.check_tensor_bytes_edge_cases, wrapped(memory.tensor_bytes)),
+]
+
+
+@pytest.mark.parametrize("check,reference", CHECKS, ids=[c.__name__ for c, _ in CHECKS])
+def test_check_accepts_the_reference(check, reference):
+    for _ in range(5):  # fresh random inputs each time
+        check(reference)
+
+
+@pytest.mark.parametrize(
+    "check,reference",
+    [
+        (attention_checks.check_softmax, attention.softmax),
+        (attention_checks.check_causal_mask, attention.causal_mask),
+        (attention_checks.check_scaled_dot_product_attention, attention.scaled_dot_product_attention),
+        (basics_checks.check_tensor_bytes, memory.tensor_bytes),
+    ],
+)
+def test_check_refuses_the_course_reference_itself(check, reference):
+    with pytest.raises(AssertionError, match="write your own"):
+        check(reference)
+
+
+def test_same_seed_same_inputs():
+    seen = []
+    attention_checks.check_softmax(lambda x, dim=-1: seen.append(x.clone()) or attention.softmax(x, dim), seed=7)
+    again = []
+    attention_checks.check_softmax(lambda x, dim=-1: again.append(x.clone()) or attention.softmax(x, dim), seed=7)
+    assert len(seen) == len(again) and all(torch.equal(a, b) for a, b in zip(seen, again))
+
+
+class AlwaysEqual(torch.Tensor):
+    def __eq__(self, other):
+        return True
+
+
+def test_expect_tensor_rejects_look_alikes():
+    expected = torch.ones(2, 3)
+    with pytest.raises(AssertionError, match="should return a torch.Tensor"):
+        expect_tensor(expected.as_subclass(AlwaysEqual), expected, "f(x)")
+    with pytest.raises(AssertionError, match="should return a torch.Tensor"):
+        expect_tensor(expected.numpy(), expected, "f(x)")
+    with pytest.raises(AssertionError, match="dtype torch.float32"):
+        expect_tensor(expected.double(), expected, "f(x)")
+    with pytest.raises(AssertionError, match=r"shape \(2, 3\)"):
+        expect_tensor(expected.T, expected, "f(x)")
+    with pytest.raises(AssertionError, match="wrong values"):
+        expect_tensor(expected * 1.01, expected, "f(x)")
+    with pytest.raises(AssertionError, match="nan"):
+        expect_tensor(expected * float("nan"), expected, "f(x)")
+    with pytest.raises(AssertionError, match="wrong entries"):
+        expect_tensor(torch.zeros(2, 3, dtype=torch.bool), torch.ones(2, 3, dtype=torch.bool), "mask")
+
+
+def test_call_detects_in_place_changes():
+    def sneaky(x):
+        x.mul_(2)
+        return x
+
+    with pytest.raises(AssertionError, match="changed its input tensor in place"):
+        call(sneaky, torch.ones(3), what="sneaky(x)")
+
+
+def test_failure_messages_name_the_call_and_the_seed():
+    with pytest.raises(AssertionError, match=r"softmax\(x, dim=.*\(seed 11\)"):
+        attention_checks.check_softmax(lambda x, dim=-1: attention.softmax(x, dim) * 2, seed=11)

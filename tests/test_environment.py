@@ -1,0 +1,98 @@
+"""One set of pins: requirements.txt. environment.yml and binder/ must repeat it exactly."""
+
+from __future__ import annotations
+
+import importlib.metadata
+import re
+
+import pytest
+
+from tests.conftest import REPO
+
+PIN = re.compile(r"^([A-Za-z0-9_.\-]+)==([^\s;#]+)")
+
+
+def canonical(name: str) -> str:
+    return re.sub(r"[-_.]+", "-", name).lower()
+
+
+def pins_in(lines) -> dict[str, str]:
+    pins = {}
+    for line in lines:
+        m = PIN.match(line.strip().lstrip("- ").strip())
+        if m:
+            pins[canonical(m.group(1))] = m.group(2)
+    return pins
+
+
+def requirements() -> dict[str, str]:
+    return pins_in((REPO / "requirements.txt").read_text().splitlines())
+
+
+def yaml_pip_pins(path) -> tuple[dict[str, str], list[str]]:
+    """The pip pins of a conda environment file and its conda dependencies (a small parser for this flat layout)."""
+    pip, conda, in_pip = [], [], False
+    for line in path.read_text().splitlines():
+        if not line.strip() or line.lstrip().startswith("#"):
+            continue
+        indent = len(line) - len(line.lstrip())
+        item = line.strip()
+        if item == "- pip:":
+            in_pip = True
+            continue
+        if in_pip and indent > 4 and item.startswith("- "):
+            pip.append(item[2:])
+        elif item.startswith("- ") and indent <= 4:
+            in_pip = False
+            conda.append(item[2:])
+    return pins_in(pip), conda
+
+
+REQUIRED = {"jupyterlab", "nbgrader", "nbval", "torch", "numpy", "matplotlib", "transformers", "peft", "pytest", "tqdm", "safetensors"}
+
+
+def test_requirements_pin_every_package_exactly():
+    pins = requirements()
+    assert REQUIRED <= set(pins), f"missing pins: {REQUIRED - set(pins)}"
+    assert pins["torch"] == "2.13.0" and pins["nbgrader"] == "0.9.6"
+    lines = [l.strip() for l in (REPO / "requirements.txt").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert all(PIN.match(l) for l in lines), "every requirement must be an exact pin (==)"
+
+
+@pytest.mark.parametrize("path", ["environment.yml", "binder/environment.yml"])
+def test_conda_environments_repeat_the_pins(path):
+    pip, conda = yaml_pip_pins(REPO / path)
+    assert pip == requirements(), f"{path} disagrees with requirements.txt"
+    assert any(c.startswith("python=3.1") for c in conda)
+
+
+def test_binder_pins_python_and_uses_cpu_torch():
+    text = (REPO / "binder/environment.yml").read_text()
+    _, conda = yaml_pip_pins(REPO / "binder/environment.yml")
+    assert "python=3.12" in conda, "Binder's default Python is too old for nbgrader 0.9.6"
+    assert re.search(r"--extra-index-url \S+/whl/cpu", text), "Binder should install CPU-only torch wheels"
+    postbuild = (REPO / "binder/postBuild").read_text()
+    assert "pip install --no-deps -e ." in postbuild and "overrides.json" in postbuild
+
+
+def test_installed_versions_are_the_pins():
+    for name, version in requirements().items():
+        installed = importlib.metadata.version(name)
+        assert installed.split("+")[0] == version, f"{name}: installed {installed}, pinned {version}"
+
+
+def test_makefile_installs_the_pins_and_ci_runs_the_readme_command():
+    makefile = (REPO / "Makefile").read_text()
+    assert "-r requirements.txt" in makefile
+    readme = (REPO / "README.md").read_text()
+    assert "make lab" in readme and "make test" in readme
+    ci = [l for l in (REPO / ".ci/run").read_text().splitlines() if l.strip() and not l.startswith("#")]
+    assert ci[-1].strip() == "make test"
+
+
+def test_readme_binder_badge_opens_the_notebooks():
+    readme = (REPO / "README.md").read_text()
+    m = re.search(r"\(https://mybinder\.org/v2/gh/[^/]+/[^/]+/[^?]+\?urlpath=lab/tree/([^)\s]+)\)", readme)
+    assert m, "README needs a Binder badge that opens JupyterLab"
+    assert (REPO / m.group(1)).exists(), f"the badge opens {m.group(1)}, which does not exist"
+    assert m.group(1).startswith("notebooks")

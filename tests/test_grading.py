@@ -1,0 +1,195 @@
+"""The grading pipeline, end to end, through nbgrader's own Python API and gradebook.
+
+Each class makes its own temporary course directory (the gradebook is sqlite: one
+grader at a time per course). Scores are read from the gradebook, never from
+``nbgrader validate`` (which exits 0 even when tests fail).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("nbgrader")
+import nbformat  # noqa: E402
+
+from course_lib import grading  # noqa: E402
+from tests.conftest import REPO  # noqa: E402
+
+pytestmark = [pytest.mark.slow, pytest.mark.timeout(600)]
+LESSONS = grading.lessons(REPO)
+SOLUTION_RE = re.compile(r"### BEGIN SOLUTION\n(.*?)### END SOLUTION", re.S)
+HIDDEN_RE = re.compile(r"### BEGIN HIDDEN TESTS\n(.*?)### END HIDDEN TESTS", re.S)
+
+
+def nbgrader_meta(cell) -> dict:
+    return cell.metadata.get("nbgrader", {})
+
+
+def solution_notebook(lesson: str):
+    return nbformat.read(REPO / "solutions" / lesson / f"{lesson}.ipynb", as_version=4)
+
+
+def released(course: Path, lesson: str):
+    return nbformat.read(course / "notebooks" / lesson / f"{lesson}.ipynb", as_version=4)
+
+
+def solved(course: Path, lesson: str):
+    """The learner's release with every answer cell filled in as the solution does it."""
+    nb = released(course, lesson)
+    answers = {nbgrader_meta(c).get("grade_id"): c.source for c in solution_notebook(lesson).cells}
+    for cell in nb.cells:
+        if nbgrader_meta(cell).get("solution"):
+            source = answers[nbgrader_meta(cell)["grade_id"]]
+            cell.source = "\n".join(line for line in source.splitlines() if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line)
+    return nb
+
+
+def write(nb, path: Path) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    nbformat.write(nb, path)
+    return path
+
+
+def graded_cells(nb) -> dict[str, float]:
+    return {nbgrader_meta(c)["grade_id"]: nbgrader_meta(c)["points"] for c in nb.cells if nbgrader_meta(c).get("grade") and nbgrader_meta(c).get("points")}
+
+
+# --------------------------------------------------------------------------- the source notebooks
+
+
+def test_every_lesson_has_graded_exercises():
+    assert LESSONS[:2] == ["00_how_this_course_works", "01_attention"]
+    for lesson in LESSONS:
+        assert graded_cells(solution_notebook(lesson)), f"{lesson} has no graded test cell"
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+def test_solutions_are_stored_without_outputs(lesson):
+    for cell in solution_notebook(lesson).cells:
+        if cell.cell_type == "code":
+            assert cell.outputs == [] and cell.execution_count is None, f"{lesson}: a cell has outputs:\n{cell.source[:200]}"
+
+
+# --------------------------------------------------------------------------- the release
+
+
+class TestRelease:
+    @pytest.fixture(scope="class")
+    def course(self, tmp_path_factory):
+        return grading.make_course(tmp_path_factory.mktemp("release"), LESSONS, root=REPO)
+
+    def test_notebooks_folder_is_what_make_release_produces(self, course):
+        made = sorted(p.relative_to(course / "notebooks") for p in (course / "notebooks").rglob("*") if p.is_file())
+        committed = sorted(
+            p.relative_to(REPO / "notebooks")
+            for p in (REPO / "notebooks").rglob("*")
+            if p.is_file() and ".ipynb_checkpoints" not in p.parts and p.parent != REPO / "notebooks"
+        )
+        assert committed == made, "notebooks/ is stale: run `make release` and commit the result"
+        for rel in made:
+            assert (REPO / "notebooks" / rel).read_bytes() == (course / "notebooks" / rel).read_bytes(), (
+                f"notebooks/{rel} differs from the release of solutions/: run `make release` and commit it"
+            )
+
+    def test_no_solution_or_hidden_test_text_in_notebooks(self, course):
+        secret_lines = set()
+        for lesson in LESSONS:
+            for cell in solution_notebook(lesson).cells:
+                for block in SOLUTION_RE.findall(cell.source) + HIDDEN_RE.findall(cell.source):
+                    secret_lines |= {line.strip() for line in block.splitlines() if len(line.strip()) >= 20}
+        assert secret_lines, "expected solution and hidden-test lines to look for"
+        for path in (REPO / "notebooks").rglob("*"):
+            if not path.is_file():
+                continue
+            text = path.read_text(errors="replace")
+            for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
+                assert marker not in text, f"{path} contains {marker!r}"
+            leaked = [line for line in secret_lines if line in text]
+            assert not leaked, f"{path} contains solution or hidden-test lines: {leaked[:3]}"
+
+    def test_release_cells_are_locked_and_answers_are_blank(self, course):
+        for lesson in LESSONS:
+            nb = released(course, lesson)
+            for cell in nb.cells:
+                meta = nbgrader_meta(cell)
+                if meta.get("grade") and cell.cell_type == "code":
+                    assert meta["locked"], f"{lesson}: test cell {meta['grade_id']} is not locked"
+                if meta.get("solution") and cell.cell_type == "code":
+                    assert "raise NotImplementedError()" in cell.source
+
+
+# --------------------------------------------------------------------------- autograding
+
+
+@pytest.mark.parametrize("lesson", LESSONS)
+class TestScores:
+    @pytest.fixture(scope="class")
+    def course(self, tmp_path_factory, lesson):
+        return grading.make_course(tmp_path_factory.mktemp(f"scores-{lesson}"), [lesson], root=REPO)
+
+    def test_solution_scores_full_points(self, course, lesson, tmp_path):
+        scores = grading.autograde(course, lesson, write(solved(course, lesson), tmp_path / "nb.ipynb"), student="solver")
+        expected = graded_cells(solution_notebook(lesson))
+        assert scores.max_score == sum(expected.values()) > 0
+        assert scores.score == scores.max_score, scores.table()
+
+    def test_untouched_release_scores_zero(self, course, lesson):
+        scores = grading.autograde(course, lesson, course / "notebooks" / lesson / f"{lesson}.ipynb", student="untouched")
+        assert scores.max_score > 0
+        assert scores.score == 0, scores.table()
+
+    def test_test_cells_replaced_by_pass_are_restored(self, course, lesson, tmp_path):
+        nb = released(course, lesson)
+        for cell in nb.cells:
+            if nbgrader_meta(cell).get("grade") and cell.cell_type == "code":
+                cell.source = "pass"
+        scores = grading.autograde(course, lesson, write(nb, tmp_path / "nb.ipynb"), student="cheater")
+        assert scores.max_score > 0
+        assert scores.score == 0, scores.table()
+
+
+def test_endless_loop_costs_only_its_exercise(tmp_path):
+    """An answer that never returns is interrupted at the per-cell timeout; the rest is graded."""
+    lesson = "01_attention"
+    timeout = 30
+    config = (REPO / "nbgrader_config.py").read_text()
+    assert f"c.Execute.timeout = {timeout}" in config, "the test assumes the configured per-cell timeout"
+    course = grading.make_course(tmp_path / "course", [lesson], root=REPO)
+    nb = solved(course, lesson)
+    (answer,) = [c for c in nb.cells if nbgrader_meta(c).get("grade_id") == "softmax"]
+    answer.source = 'def softmax(x, dim=-1):\n    """Never returns."""\n    while True:\n        pass\n'
+    scores = grading.autograde(course, lesson, write(nb, tmp_path / "nb.ipynb"), student="looper")
+    points = graded_cells(solution_notebook(lesson))
+    assert scores.cells["test_softmax"] == (0, points["test_softmax"])
+    for grade_id, max_points in points.items():
+        if grade_id != "test_softmax":
+            assert scores.cells[grade_id] == (max_points, max_points), scores.table()
+    # the notebook itself runs in under 60 s; the loop may add one timeout, not hang
+    assert scores.seconds < 60 + timeout + 30, f"grading took {scores.seconds:.0f} s"
+
+
+def test_make_check_grades_a_copy_and_leaves_the_learners_file_alone():
+    lesson = LESSONS[0]
+    mine = REPO / "notebooks" / lesson / f"{lesson}.ipynb"
+    before = (hashlib.sha256(mine.read_bytes()).hexdigest(), os.stat(mine).st_mtime_ns)
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run(["make", "-s", "check", f"LESSON={lesson[:2]}"], cwd=REPO, env=env, capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    points = sum(graded_cells(solution_notebook(lesson)).values())
+    assert re.search(rf"total\s+0 / {points:g}", proc.stdout), proc.stdout
+    for grade_id in graded_cells(solution_notebook(lesson)):
+        assert grade_id in proc.stdout
+    assert (hashlib.sha256(mine.read_bytes()).hexdigest(), os.stat(mine).st_mtime_ns) == before
+    assert not list((REPO / "notebooks").rglob("gradebook.db"))
+
+
+def test_make_check_explains_a_missing_lesson():
+    proc = subprocess.run(["make", "-s", "check"], cwd=REPO, capture_output=True, text=True, timeout=60)
+    assert proc.returncode != 0 and "LESSON=01" in proc.stdout

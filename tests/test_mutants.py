@@ -1,0 +1,82 @@
+"""Every graded test cell rejects plausible wrong answers and accepts the solution.
+
+The test cells are read from the solution notebooks (visible checks and hidden tests
+together, exactly what nbgrader runs) and executed with the exercise's function bound
+to each mutant from tests/mutants/.
+"""
+
+from __future__ import annotations
+
+import math
+
+import nbformat
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from tests.mutants import attention as attention_mutants
+from tests.mutants import basics as basics_mutants
+from tests.conftest import REPO
+
+MUTANT_MODULES = [basics_mutants, attention_mutants]
+MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}
+
+
+def graded_cells():
+    """(lesson, grade_id, answer cell source, test cell source) for every graded test cell."""
+    found = []
+    for path in sorted((REPO / "solutions").glob("*/*.ipynb")):
+        nb = nbformat.read(path, as_version=4)
+        by_id = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
+        for cell in nb.cells:
+            meta = cell.metadata.get("nbgrader", {})
+            if meta.get("grade") and cell.cell_type == "code" and meta.get("points", 0) > 0:
+                name = meta["grade_id"].removeprefix("test_")
+                answer = by_id.get(name)
+                found.append((path.parent.name, meta["grade_id"], name, answer.source if answer else None, cell.source))
+    return found
+
+
+CELLS = graded_cells()
+
+
+def namespace():
+    return {"torch": torch, "F": F, "nn": nn, "math": math, "np": np}
+
+
+def test_every_graded_cell_has_at_least_three_mutants():
+    assert CELLS, "no graded test cells found in solutions/"
+    for lesson, grade_id, name, answer, _ in CELLS:
+        assert answer is not None, f"{lesson}: test cell {grade_id} has no answer cell with grade_id {name!r}"
+        assert len(MUTANTS.get(grade_id, {})) >= 3, f"{lesson}: {grade_id} needs at least three mutants in tests/mutants/"
+
+
+def test_no_mutants_for_cells_that_do_not_exist():
+    assert set(MUTANTS) <= {grade_id for _, grade_id, *_ in CELLS}
+
+
+@pytest.mark.parametrize("lesson,grade_id,name,answer,test", CELLS, ids=[c[1] for c in CELLS])
+def test_solution_passes_its_test_cell(lesson, grade_id, name, answer, test):
+    ns = namespace()
+    exec(compile(answer, f"{lesson}:{name}", "exec"), ns)
+    assert callable(ns.get(name)), f"the answer cell of {grade_id} should define {name}"
+    exec(compile(test, f"{lesson}:{grade_id}", "exec"), ns)
+
+
+MUTANT_CASES = [
+    (grade_id, name, mutant_name, mutant, test)
+    for _, grade_id, name, _, test in CELLS
+    for mutant_name, mutant in MUTANTS.get(grade_id, {}).items()
+]
+
+
+@pytest.mark.parametrize("grade_id,name,mutant_name,mutant,test", MUTANT_CASES, ids=[f"{c[0]}-{c[2]}" for c in MUTANT_CASES])
+def test_mutant_fails_its_test_cell(grade_id, name, mutant_name, mutant, test):
+    """The checks draw fresh random inputs; a mutant must fail whatever they draw (10 draws)."""
+    ns = namespace()
+    ns[name] = mutant
+    for _ in range(10):
+        with pytest.raises(Exception):
+            exec(compile(test, grade_id, "exec"), ns)
