@@ -2,6 +2,8 @@
 # Both create .venv (if missing) and install the pinned packages (requirements.txt)
 # and course_lib, in editable mode.
 
+SHELL       := /bin/bash
+.SHELLFLAGS := -o pipefail -c
 PYTHON      ?= python3
 VENV        := .venv
 BIN         := $(CURDIR)/$(VENV)/bin

@@ -25,6 +25,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -257,6 +258,8 @@ def main(argv: list[str] | None = None) -> int:
     p_time = sub.add_parser("timings", help="time and peak memory of every solution notebook")
     p_time.add_argument("--write", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
+    # nbgrader 0.9.6 trips SQLAlchemy's session warnings on every autograde; they mean nothing here
+    warnings.filterwarnings("ignore", message=".*not in session.*")
 
     root = course_root()
     if args.command == "release":

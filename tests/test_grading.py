@@ -128,7 +128,7 @@ class TestRelease:
 # --------------------------------------------------------------------------- autograding
 
 
-@pytest.mark.parametrize("lesson", LESSONS)
+@pytest.mark.parametrize("lesson", LESSONS, scope="class")
 class TestScores:
     @pytest.fixture(scope="class")
     def course(self, tmp_path_factory, lesson):

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import math
 
-import nbformat
 import numpy as np
 import pytest
 import torch
@@ -19,6 +18,8 @@ from torch import nn
 from tests.mutants import attention as attention_mutants
 from tests.mutants import basics as basics_mutants
 from tests.conftest import REPO
+
+nbformat = pytest.importorskip("nbformat")
 
 MUTANT_MODULES = [basics_mutants, attention_mutants]
 MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}

@@ -25,15 +25,15 @@ def randint(gen: torch.Generator, low: int, high: int) -> int:
 
 
 def call(fn, *args, what: str, **kwargs):
-    """Call ``fn`` on copies of tensor arguments and fail if it changed them in place."""
-    copies = [a.clone() if isinstance(a, torch.Tensor) else a for a in args]
-    kw_copies = {k: (a.clone() if isinstance(a, torch.Tensor) else a) for k, a in kwargs.items()}
-    result = fn(*copies, **kw_copies)
-    for before, after in zip(args, copies):
-        if isinstance(before, torch.Tensor) and not torch.equal(before, after):
+    """Call ``fn`` with the arguments as given (views stay views) and fail if it changed a tensor in place."""
+    before = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
+    kw_before = {k: a.clone() for k, a in kwargs.items() if isinstance(a, torch.Tensor)}
+    result = fn(*args, **kwargs)
+    for original, after in zip(before, args):
+        if original is not None and not torch.equal(original, after):
             raise AssertionError(f"{what} changed its input tensor in place; compute a new tensor instead")
-    for key, before in kwargs.items():
-        if isinstance(before, torch.Tensor) and not torch.equal(before, kw_copies[key]):
+    for key, original in kw_before.items():
+        if not torch.equal(original, kwargs[key]):
             raise AssertionError(f"{what} changed its argument {key!r} in place; compute a new tensor instead")
     return result
 
