@@ -57,6 +57,29 @@ def write(nb, path: Path) -> Path:
     return path
 
 
+def secret_lines() -> set[str]:
+    """The code lines of every solution and hidden-test block in solutions/ (stripped, blank lines and comments dropped)."""
+    found = set()
+    for lesson in LESSONS:
+        for cell in solution_notebook(lesson).cells:
+            for block in SOLUTION_RE.findall(cell.source) + HIDDEN_RE.findall(cell.source):
+                found |= {line.strip() for line in block.splitlines() if line.strip() and not line.strip().startswith("#")}
+    return found
+
+
+MARKERS = ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS")
+
+
+def leaks(path: Path, secrets: set[str]) -> list[str]:
+    """nbgrader's markers, or whole lines of solution or hidden-test code, found in the file at ``path``."""
+    text = path.read_text(errors="replace")
+    found = [m for m in MARKERS if m in text]
+    sources = [c.source for c in nbformat.reads(text, as_version=4).cells] if path.suffix == ".ipynb" else [text]
+    lines = {line.strip() for source in sources for line in source.splitlines()}
+    # short generic lines (``return x``) also occur in demos; longer ones identify a solution
+    return found + sorted(line for line in lines & secrets if len(line) >= 16)
+
+
 def graded_cells(nb) -> dict[str, float]:
     return {nbgrader_meta(c)["grade_id"]: nbgrader_meta(c)["points"] for c in nb.cells if nbgrader_meta(c).get("grade") and nbgrader_meta(c).get("points")}
 
@@ -99,20 +122,21 @@ class TestRelease:
             )
 
     def test_no_solution_or_hidden_test_text_in_notebooks(self, course):
-        secret_lines = set()
-        for lesson in LESSONS:
-            for cell in solution_notebook(lesson).cells:
-                for block in SOLUTION_RE.findall(cell.source) + HIDDEN_RE.findall(cell.source):
-                    secret_lines |= {line.strip() for line in block.splitlines() if len(line.strip()) >= 20}
-        assert secret_lines, "expected solution and hidden-test lines to look for"
+        secrets = secret_lines()
+        assert len(secrets) > 20, "expected solution and hidden-test lines to look for"
         for path in (REPO / "notebooks").rglob("*"):
-            if not path.is_file():
-                continue
-            text = path.read_text(errors="replace")
-            for marker in ("BEGIN SOLUTION", "END SOLUTION", "BEGIN HIDDEN TESTS", "END HIDDEN TESTS"):
-                assert marker not in text, f"{path} contains {marker!r}"
-            leaked = [line for line in secret_lines if line in text]
-            assert not leaked, f"{path} contains solution or hidden-test lines: {leaked[:3]}"
+            if path.is_file():
+                assert not leaks(path, secrets), f"{path} contains solution or hidden-test text: {leaks(path, secrets)[:3]}"
+
+    def test_the_leak_detector_finds_a_planted_leak(self, course, tmp_path):
+        lesson = LESSONS[-1]
+        nb = released(course, lesson)
+        secret = sorted(secret_lines())[0]
+        nb.cells[0].source += "\n" + secret
+        assert leaks(write(nb, tmp_path / "leaky.ipynb"), secret_lines()) == [secret]
+        nb = released(course, lesson)
+        nb.cells[0].source += "\n### BEGIN HIDDEN TESTS"
+        assert leaks(write(nb, tmp_path / "marker.ipynb"), secret_lines())
 
     def test_release_cells_are_locked_and_answers_are_blank(self, course):
         for lesson in LESSONS:

@@ -53,9 +53,10 @@ def test_make_lab_serves_the_course_without_pop_ups(tmp_path):
         listing = get(f"{base}/api/contents/", token)
         names = {item["name"] for item in listing["content"]}
         assert {"00_how_this_course_works", "01_attention"} <= names, names
-        settings = get(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification", token)
-        assert settings["settings"]["fetchNews"] == "false"
-        assert settings["settings"]["checkForUpdates"] is False
+        # overrides.json becomes the schema's default; JupyterLab's own default is "none" (ask)
+        schema = get(f"{base}/lab/api/settings/@jupyterlab/apputils-extension:notification", token)["schema"]
+        assert schema["properties"]["fetchNews"]["default"] == "false"
+        assert schema["properties"]["checkForUpdates"]["default"] is False
     finally:
         os.killpg(proc.pid, 15)
         proc.wait(timeout=30)
