@@ -103,10 +103,20 @@ def test_solutions_are_stored_without_outputs(lesson):
 # --------------------------------------------------------------------------- the release
 
 
+@pytest.fixture(scope="class")
+def release_course(tmp_path_factory):
+    return grading.make_course(tmp_path_factory.mktemp("release"), LESSONS, root=REPO)
+
+
+@pytest.fixture(scope="class")
+def lesson_course(tmp_path_factory, lesson):
+    return grading.make_course(tmp_path_factory.mktemp(f"scores-{lesson}"), [lesson], root=REPO)
+
+
 class TestRelease:
-    @pytest.fixture(scope="class")
-    def course(self, tmp_path_factory):
-        return grading.make_course(tmp_path_factory.mktemp("release"), LESSONS, root=REPO)
+    @pytest.fixture
+    def course(self, release_course):
+        return release_course
 
     def test_notebooks_folder_is_what_make_release_produces(self, course):
         made = sorted(p.relative_to(course / "notebooks") for p in (course / "notebooks").rglob("*") if p.is_file())
@@ -154,9 +164,9 @@ class TestRelease:
 
 @pytest.mark.parametrize("lesson", LESSONS, scope="class")
 class TestScores:
-    @pytest.fixture(scope="class")
-    def course(self, tmp_path_factory, lesson):
-        return grading.make_course(tmp_path_factory.mktemp(f"scores-{lesson}"), [lesson], root=REPO)
+    @pytest.fixture
+    def course(self, lesson_course):
+        return lesson_course
 
     def test_solution_scores_full_points(self, course, lesson, tmp_path):
         scores = grading.autograde(course, lesson, write(solved(course, lesson), tmp_path / "nb.ipynb"), student="solver")
