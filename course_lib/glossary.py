@@ -8,7 +8,7 @@ it), a one-line meaning, and the lesson that teaches it (0 to 11)::
     glossary.show()           # every term, as a table in Jupyter
     glossary.show(lesson=4)   # the terms taught in lesson 04
 
-Every lesson ends with ``glossary.show(lesson=N)``.
+Each lesson also ends with a table of its own terms, including terms the source text does not name.
 """
 
 from __future__ import annotations
