@@ -2,11 +2,21 @@
 
 One module per idea; each function's docstring names the lesson that teaches it.
 
-- ``device``     lesson 00: which device to compute on, seeding
-- ``glossary``   lesson 00 (and every lesson after): the source text's terms
-- ``attention``  lesson 01: softmax, scaled dot-product attention, masks, multi-head attention
-- ``checks``     the checks that grade the exercises
-- ``grading``    release, autograde and self-check with nbgrader
+- ``device``      lesson 00: which device to compute on, seeding
+- ``glossary``    lesson 00 (and every lesson after): the source text's terms
+- ``memory``      lesson 00 (bytes of a tensor); lesson 03: parameter counts, memory estimates and measurements
+- ``attention``   lesson 01: softmax, scaled dot-product attention, masks, multi-head attention
+- ``data``        lesson 02: the synthetic world every later lesson trains and tests on
+- ``tokenizer``   lesson 02: byte-pair encoding from scratch, saved for Hugging Face
+- ``models``      lesson 02: decoder-only, encoder-only and encoder-decoder Transformers; Llama conversion
+- ``kvcache``     lessons 02 and 06: the KV cache, sampling and generation
+- ``train``       lesson 02: the training loop
+- ``evaluation``  lesson 02: perplexity and exact-match accuracy
+- ``pretrain``    lesson 02: the recipes of the course's pretrained checkpoints
+- ``formats``     lesson 04: fp32, fp16, bf16 and fp8 bit by bit
+- ``quant``       lesson 04: absmax, zero-point, per-block, NF4 and LLM.int8()-style quantization
+- ``checks``      the checks that grade the exercises
+- ``grading``     release, autograde and self-check with nbgrader
 """
 
 __version__ = "0.1.0"

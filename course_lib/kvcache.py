@@ -1,0 +1,275 @@
+"""Generating text: the KV cache, decode steps and sampling (lesson 02, used again in lesson 06).
+
+A causal language model predicts one token at a time. Without a cache, every new token
+re-runs the model on the whole sequence so far; with a :class:`KVCache` each layer keeps
+the keys and values it has already computed, and a decode step feeds only the new token:
+
+    logits = decode_step(model, prompt, cache)          # prefill: the whole prompt, once
+    for _ in range(n):
+        token = sample_next_token(logits, temperature=0.8, top_p=0.9, generator=g)
+        logits = decode_step(model, token[:, None], cache)   # one token, position = len(cache)
+
+The new token's query sits at position ``len(cache)`` and may attend to every cached key:
+the causal mask is aligned to the bottom right, ``causal_mask(n_q, n_k, offset=n_k - n_q)``
+(see :func:`course_lib.attention.causal_mask`). With grouped-query attention the cache holds
+only the ``n_kv_heads`` key/value heads, which is what makes GQA cheap at inference.
+
+The model is any module called as ``model(input_ids, cache=cache) -> logits (batch, seq, vocab)``,
+for example :class:`course_lib.models.DecoderLM`.
+"""
+
+from __future__ import annotations
+
+import torch
+from torch import nn
+
+
+# --------------------------------------------------------------------------- the cache
+
+
+class KVCache:
+    """Keys and values of every layer, ``(batch, n_kv_heads, seq, head_dim)`` each, grown by appending.
+
+    Layer ``i`` calls ``k, v = cache.update(i, k_new, v_new)`` with the keys and values of
+    its new positions and attends with the returned tensors: everything cached so far
+    followed by the new positions. ``len(cache)`` is the number of positions cached (read
+    it *before* a forward pass: it is the position of the first new token).
+
+    Defined in lesson 02; lesson 06 measures its size.
+    """
+
+    def __init__(self, n_layers: int):
+        if isinstance(n_layers, bool) or not isinstance(n_layers, int) or n_layers <= 0:
+            raise ValueError(f"n_layers must be a positive int, got {n_layers!r}")
+        self.keys: list[torch.Tensor | None] = [None] * n_layers
+        self.values: list[torch.Tensor | None] = [None] * n_layers
+
+    def update(self, layer: int, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append ``k``, ``v`` ``(batch, n_kv_heads, new, head_dim)`` to layer ``layer``; return all of its keys and values."""
+        if not 0 <= layer < len(self.keys):
+            raise ValueError(f"layer must be in [0, {len(self.keys) - 1}], got {layer}")
+        if k.dim() != 4 or k.shape != v.shape:
+            raise ValueError(
+                f"k and v must both have shape (batch, n_kv_heads, new, head_dim), got {tuple(k.shape)} and {tuple(v.shape)}"
+            )
+        old_k = self.keys[layer]
+        if old_k is not None:
+            if old_k.shape[:2] != k.shape[:2] or old_k.shape[3] != k.shape[3] or old_k.dtype != k.dtype:
+                raise ValueError(
+                    f"new keys {tuple(k.shape)} ({k.dtype}) do not match the cached ones {tuple(old_k.shape)} "
+                    f"({old_k.dtype}) in batch, heads, head_dim or dtype"
+                )
+            k = torch.cat([old_k, k], dim=2)
+            v = torch.cat([self.values[layer], v], dim=2)
+        self.keys[layer], self.values[layer] = k, v
+        return k, v
+
+    def __len__(self) -> int:
+        """Number of positions held by layer 0 (all layers agree between forward passes)."""
+        return 0 if self.keys[0] is None else self.keys[0].shape[2]
+
+    @property
+    def n_layers(self) -> int:
+        return len(self.keys)
+
+    def nbytes(self) -> int:
+        """Bytes held by the cached keys and values: ``2 * layers * batch * kv_heads * seq * head_dim * bytes``."""
+        return sum(t.numel() * t.element_size() for t in (*self.keys, *self.values) if t is not None)
+
+    def __repr__(self) -> str:
+        shape = None if self.keys[0] is None else tuple(self.keys[0].shape)
+        return f"KVCache(n_layers={self.n_layers}, length={len(self)}, keys per layer={shape})"
+
+
+# --------------------------------------------------------------------------- filtering and sampling
+
+
+def _describe(x) -> str:
+    return f"shape {tuple(x.shape)} and dtype {x.dtype}" if isinstance(x, torch.Tensor) else type(x).__name__
+
+
+def _check_logits(logits) -> None:
+    if not isinstance(logits, torch.Tensor) or not logits.is_floating_point() or logits.dim() < 1:
+        raise ValueError(f"logits must be a floating-point tensor (..., vocab), got {_describe(logits)}")
+
+
+def _at_least_float32(dtype: torch.dtype) -> torch.dtype:
+    """float16/bfloat16 -> float32; float32 and float64 stay as they are."""
+    return torch.promote_types(dtype, torch.float32)
+
+
+def top_k_filter(logits: torch.Tensor, k: int) -> torch.Tensor:
+    """Keep the ``k`` largest logits of each row, set the others to ``-inf``.
+
+    Args:
+        logits: ``(..., vocab)`` floating-point scores.
+        k: how many to keep, ``k >= 1``; ``k >= vocab`` keeps everything. Ties with the
+            k-th largest value are kept too (as Hugging Face's ``TopKLogitsWarper``).
+    Returns:
+        a new tensor of the same shape and dtype.
+
+    Defined in lesson 02.
+    """
+    _check_logits(logits)
+    if isinstance(k, bool) or not isinstance(k, int) or k < 1:
+        raise ValueError(f"k must be an int >= 1, got {k!r}")
+    k = min(k, logits.shape[-1])
+    kth_largest = torch.topk(logits, k, dim=-1).values[..., -1:]      # (..., 1)
+    return logits.masked_fill(logits < kth_largest, float("-inf"))
+
+
+def top_p_filter(logits: torch.Tensor, p: float) -> torch.Tensor:
+    """Nucleus filtering: keep the smallest set of top tokens whose probabilities sum to at least ``p``.
+
+    Sort the tokens by probability, largest first; a token is kept iff the tokens ranked
+    above it hold less than ``p`` of the probability. The most likely token is therefore
+    always kept. The others are set to ``-inf``.
+
+    Args:
+        logits: ``(..., vocab)`` floating-point scores.
+        p: ``0 < p <= 1``; ``p = 1`` keeps everything.
+    Returns:
+        a new tensor of the same shape and dtype.
+
+    Defined in lesson 02.
+    """
+    _check_logits(logits)
+    if isinstance(p, bool) or not isinstance(p, (int, float)) or not 0 < p <= 1:
+        raise ValueError(f"p must be a number in (0, 1], got {p!r}")
+    if p >= 1:
+        return logits.clone()
+    sorted_logits, order = torch.sort(logits, dim=-1, descending=True)
+    probs = torch.softmax(sorted_logits.to(_at_least_float32(logits.dtype)), dim=-1)
+    mass_above = probs.cumsum(dim=-1) - probs                           # probability of the better-ranked tokens
+    remove_sorted = mass_above >= p
+    remove = remove_sorted.scatter(-1, order, remove_sorted)            # back to vocabulary order
+    return logits.masked_fill(remove, float("-inf"))
+
+
+def sample_next_token(
+    logits: torch.Tensor,
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+) -> torch.Tensor:
+    """Draw one token per row from ``softmax(logits / temperature)``, after top-k then top-p filtering.
+
+    Args:
+        logits: ``(batch, vocab)`` next-token scores.
+        temperature: ``> 0``; below 1 sharpens the distribution, above 1 flattens it.
+            ``temperature = 0`` means greedy: the argmax, no randomness.
+        top_k, top_p: optional filters, see :func:`top_k_filter` and :func:`top_p_filter`.
+        generator: a seeded ``torch.Generator`` for repeatable draws.
+    Returns:
+        ``(batch,)`` token ids, ``torch.long``.
+
+    Defined in lesson 02.
+    """
+    _check_logits(logits)
+    if logits.dim() != 2:
+        raise ValueError(f"logits must have shape (batch, vocab), got {tuple(logits.shape)}")
+    if isinstance(temperature, bool) or not isinstance(temperature, (int, float)) or temperature < 0:
+        raise ValueError(f"temperature must be a number >= 0, got {temperature!r}")
+    if temperature == 0:
+        return logits.argmax(dim=-1)
+    logits = logits.to(_at_least_float32(logits.dtype)) / temperature
+    if top_k is not None:
+        logits = top_k_filter(logits, top_k)
+    if top_p is not None:
+        logits = top_p_filter(logits, top_p)
+    probs = torch.softmax(logits, dim=-1)
+    return torch.multinomial(probs, num_samples=1, generator=generator).squeeze(-1)
+
+
+# --------------------------------------------------------------------------- decoding
+
+
+def _is_id_matrix(x) -> bool:
+    """True for an integer (not bool) tensor of shape (batch, seq)."""
+    return isinstance(x, torch.Tensor) and x.dim() == 2 and not x.is_floating_point() and x.dtype != torch.bool
+
+
+def decode_step(model: nn.Module, token_ids: torch.Tensor, cache: KVCache) -> torch.Tensor:
+    """Feed only the new token(s) through ``model`` and return the next-token logits.
+
+    The new tokens take positions ``len(cache), len(cache) + 1, ...`` (the position
+    offset), their keys and values are appended to ``cache``, and each attends to every
+    cached position and to the new ones before it: ``causal_mask(n_q, n_k, offset=n_k - n_q)``.
+    With an empty cache this is the *prefill* of a whole prompt.
+
+    Args:
+        model: called as ``model(token_ids, cache=cache)`` returning ``(batch, new, vocab)``.
+        token_ids: ``(batch, new)`` integer ids, usually ``new = 1``.
+        cache: the :class:`KVCache`, updated in place.
+    Returns:
+        ``(batch, vocab)`` logits for the token after the last one fed, in the model's dtype.
+
+    Defined in lesson 02.
+    """
+    if not _is_id_matrix(token_ids):
+        raise ValueError(f"token_ids must be an integer tensor (batch, new), got {_describe(token_ids)}")
+    if not isinstance(cache, KVCache):
+        raise ValueError(f"cache must be a KVCache, got {type(cache).__name__}")
+    return model(token_ids, cache=cache)[:, -1, :]
+
+
+@torch.no_grad()
+def generate(
+    model: nn.Module,
+    input_ids: torch.Tensor,
+    max_new_tokens: int,
+    strategy: str = "greedy",
+    temperature: float = 1.0,
+    top_k: int | None = None,
+    top_p: float | None = None,
+    generator: torch.Generator | None = None,
+    eos_id: int | None = None,
+    pad_id: int | None = None,
+    use_cache: bool = True,
+) -> torch.Tensor:
+    """Continue ``input_ids`` by up to ``max_new_tokens`` tokens.
+
+    Args:
+        model: a causal LM, ``model(ids, cache=None) -> (batch, seq, vocab)`` with
+            ``model.config.n_layers``, e.g. :class:`course_lib.models.DecoderLM`.
+        input_ids: ``(batch, prompt_len)`` integer prompt, ``prompt_len >= 1`` (no padding).
+        strategy: ``"greedy"`` (argmax at each step) or ``"sample"`` (see :func:`sample_next_token`
+            for ``temperature``, ``top_k``, ``top_p`` and ``generator``).
+        eos_id: a sequence that produced ``eos_id`` is finished: later positions get
+            ``pad_id`` (default ``eos_id``); generation stops when all are finished.
+        use_cache: decode with a :class:`KVCache` (one token per step) or recompute the
+            whole sequence at every step; both give the same tokens.
+    Returns:
+        ``(batch, prompt_len + generated)`` ``torch.long`` ids, the prompt included.
+
+    Defined in lesson 02.
+    """
+    if not _is_id_matrix(input_ids) or input_ids.shape[1] == 0:
+        raise ValueError(f"input_ids must be a non-empty integer tensor (batch, prompt_len), got {_describe(input_ids)}")
+    if strategy not in ("greedy", "sample"):
+        raise ValueError(f"strategy must be 'greedy' or 'sample', got {strategy!r}")
+    if isinstance(max_new_tokens, bool) or not isinstance(max_new_tokens, int) or max_new_tokens < 0:
+        raise ValueError(f"max_new_tokens must be an int >= 0, got {max_new_tokens!r}")
+    pad_id = eos_id if pad_id is None else pad_id
+    ids = input_ids.long()
+    finished = torch.zeros(ids.shape[0], dtype=torch.bool, device=ids.device)
+    cache = KVCache(model.config.n_layers) if use_cache else None
+    new_tokens = ids                                             # what the model has not seen yet
+    for _ in range(max_new_tokens):
+        if use_cache:
+            logits = decode_step(model, new_tokens, cache)
+        else:
+            logits = model(ids)[:, -1, :]
+        if strategy == "greedy":
+            token = logits.argmax(dim=-1)
+        else:
+            token = sample_next_token(logits, temperature, top_k, top_p, generator)
+        if eos_id is not None:
+            token = torch.where(finished, torch.full_like(token, pad_id), token)
+            finished |= token == eos_id
+        ids = torch.cat([ids, token[:, None]], dim=1)
+        new_tokens = token[:, None]
+        if eos_id is not None and bool(finished.all()):
+            break
+    return ids
