@@ -5,9 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import attention, memory
+from course_lib import attention, kvcache, memory, models, tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import basics as basics_checks
+from course_lib.checks import models as models_checks
+from course_lib.checks import tokenizer as tokenizer_checks
 from course_lib.checks.common import call, expect_tensor
 
 
@@ -23,6 +25,17 @@ def reference_mha(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
         return mha(x, is_causal=is_causal)
 
 
+def reference_greedy(model, input_ids, max_new_tokens):
+    cache = kvcache.KVCache(model.config.n_layers)
+    logits, ids = model(input_ids, cache=cache), input_ids
+    for step in range(max_new_tokens):
+        token = logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, token], dim=1)
+        if step < max_new_tokens - 1:
+            logits = model(token, cache=cache)
+    return ids
+
+
 CHECKS = [
     (attention_checks.check_softmax, wrapped(attention.softmax)),
     (attention_checks.check_softmax_edge_cases, wrapped(attention.softmax)),
@@ -34,6 +47,14 @@ CHECKS = [
     (attention_checks.check_multi_head_attention_against_torch, reference_mha),
     (basics_checks.check_tensor_bytes, wrapped(memory.tensor_bytes)),
     (basics_checks.check_tensor_bytes_edge_cases, wrapped(memory.tensor_bytes)),
+    (tokenizer_checks.check_merge_pair, wrapped(tokenizer.merge_pair)),
+    (tokenizer_checks.check_merge_pair_edge_cases, wrapped(tokenizer.merge_pair)),
+    (models_checks.check_next_token_loss, wrapped(models.next_token_loss)),
+    (models_checks.check_next_token_loss_edge_cases, wrapped(models.next_token_loss)),
+    (models_checks.check_mlm_mask, wrapped(models.mlm_mask)),
+    (models_checks.check_mlm_mask_edge_cases, wrapped(models.mlm_mask)),
+    (models_checks.check_greedy_generate, reference_greedy),
+    (models_checks.check_greedy_generate_edge_cases, reference_greedy),
 ]
 
 
@@ -50,6 +71,9 @@ def test_check_accepts_the_reference(check, reference):
         (attention_checks.check_causal_mask, attention.causal_mask),
         (attention_checks.check_scaled_dot_product_attention, attention.scaled_dot_product_attention),
         (basics_checks.check_tensor_bytes, memory.tensor_bytes),
+        (tokenizer_checks.check_merge_pair, tokenizer.merge_pair),
+        (models_checks.check_next_token_loss, models.next_token_loss),
+        (models_checks.check_mlm_mask, models.mlm_mask),
     ],
 )
 def test_check_refuses_the_course_reference_itself(check, reference):

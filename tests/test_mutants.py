@@ -17,11 +17,12 @@ from torch import nn
 
 from tests.mutants import attention as attention_mutants
 from tests.mutants import basics as basics_mutants
+from tests.mutants import models as models_mutants
 from tests.conftest import REPO
 
 nbformat = pytest.importorskip("nbformat")
 
-MUTANT_MODULES = [basics_mutants, attention_mutants]
+MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants]
 MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}
 
 
