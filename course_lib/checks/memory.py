@@ -1,0 +1,120 @@
+"""Checks for lesson 03's memory exercises: a block's parameters, model-state bytes, KV-cache bytes."""
+
+from __future__ import annotations
+
+import torch
+
+from course_lib import memory
+from course_lib.checks.common import new_generator, randint
+
+
+def _expect_int(got, expected: int, what: str) -> None:
+    if type(got) is not int:
+        raise AssertionError(f"{what} should return a Python int, got {type(got).__name__} ({got!r})")
+    if got != expected:
+        raise AssertionError(f"{what} should be {expected:,}, got {got:,}")
+
+
+def _llama_shape(d_model: int, n_heads: int, n_kv_heads: int, d_ff: int) -> memory.ModelShape:
+    return memory.ModelShape(vocab_size=1000, d_model=d_model, n_layers=1, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff)
+
+
+def check_llama_block_params(llama_block_params, seed: int | None = None, n_cases: int = 12) -> None:
+    """``llama_block_params(d_model, n_heads, n_kv_heads, d_ff)`` against the count of real Llama blocks."""
+    gen, seed = new_generator(seed)
+    for _ in range(n_cases):
+        head_dim = 2 * randint(gen, 1, 16)
+        n_kv = randint(gen, 1, 4)
+        n_heads = n_kv * randint(gen, 1, 4)
+        d_model, d_ff = n_heads * head_dim, 8 * randint(gen, 1, 64)
+        what = f"llama_block_params(d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv}, d_ff={d_ff}) (seed {seed})"
+        _expect_int(llama_block_params(d_model, n_heads, n_kv, d_ff), memory.block_params(_llama_shape(d_model, n_heads, n_kv, d_ff)), what)
+
+
+def check_llama_block_params_against_transformers(llama_block_params) -> None:
+    """The count equals ``sum(p.numel())`` of ``transformers``' own ``LlamaDecoderLayer``, and of Llama-3-8B's block."""
+    from transformers import LlamaConfig
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    for d_model, n_heads, n_kv, d_ff in ((64, 4, 4, 176), (96, 6, 2, 256), (128, 8, 1, 344)):
+        config = LlamaConfig(hidden_size=d_model, num_attention_heads=n_heads, num_key_value_heads=n_kv, intermediate_size=d_ff, vocab_size=100)
+        real = sum(p.numel() for p in LlamaDecoderLayer(config, layer_idx=0).parameters())
+        _expect_int(llama_block_params(d_model, n_heads, n_kv, d_ff), real, f"llama_block_params({d_model}, {n_heads}, {n_kv}, {d_ff}) vs LlamaDecoderLayer")
+    # Llama-3-8B: 32 layers of this block, plus embeddings, output layer and final norm = 8,030,261,248
+    block = llama_block_params(4096, 32, 8, 14336)
+    _expect_int(32 * block + 2 * 128256 * 4096 + 4096, 8_030_261_248, "32 Llama-3-8B blocks + embeddings + output layer + final norm")
+
+
+PRECISIONS = ("fp32", "bf16", "bf16-mixed")
+OPTIMIZERS = ("sgd", "sgd-momentum", "adamw")
+
+
+def _reference_states(n_params: int, optimizer: str, precision: str) -> dict[str, int]:
+    w = memory.precision_bytes(precision)[0]
+    return {"weights": n_params * w, "gradients": n_params * w, "optimizer_states": memory.optimizer_state_bytes(n_params, optimizer, precision)}
+
+
+def _expect_states(got, expected: dict[str, int], what: str) -> None:
+    if type(got) is not dict or set(got) != set(expected):
+        raise AssertionError(f"{what} should return a dict with keys {sorted(expected)}, got {got!r}")
+    for key, value in expected.items():
+        _expect_int(got[key], value, f"{what}[{key!r}]")
+
+
+def check_model_state_bytes(model_state_bytes, seed: int | None = None) -> None:
+    """``model_state_bytes(n_params, optimizer, precision)`` for every optimizer and precision."""
+    gen, seed = new_generator(seed)
+    for optimizer in OPTIMIZERS:
+        for precision in PRECISIONS:
+            n = randint(gen, 1, 10**6) * randint(gen, 1, 1000)
+            what = f"model_state_bytes({n}, {optimizer!r}, {precision!r}) (seed {seed})"
+            _expect_states(model_state_bytes(n, optimizer, precision), _reference_states(n, optimizer, precision), what)
+
+
+def check_model_state_bytes_against_measurement(model_state_bytes) -> None:
+    """Agrees with what PyTorch really allocates for a small model after one AdamW step, and with 16 bytes/param for 1B in fp32."""
+    torch.manual_seed(0)
+    for precision in ("fp32", "bf16"):
+        model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
+        if precision == "bf16":
+            model = model.to(torch.bfloat16)
+        n = sum(p.numel() for p in model.parameters())
+        optimizer = torch.optim.AdamW(model.parameters(), foreach=False)
+        model(torch.randn(8, 64, dtype=next(model.parameters()).dtype)).float().pow(2).mean().backward()
+        optimizer.step()
+        states = [t for s in optimizer.state.values() for k, t in s.items() if k != "step"]
+        measured = {
+            "weights": sum(memory.tensor_bytes(p) for p in model.parameters()),
+            "gradients": sum(memory.tensor_bytes(p.grad) for p in model.parameters()),
+            "optimizer_states": sum(memory.tensor_bytes(t) for t in states),
+        }
+        _expect_states(model_state_bytes(n, "adamw", precision), measured, f"model_state_bytes({n}, 'adamw', {precision!r}) vs PyTorch's tensors")
+    total = sum(model_state_bytes(10**9, "adamw", "fp32").values())
+    _expect_int(total, 16 * 10**9, "the model states of 1B parameters, fp32 AdamW (16 bytes per parameter)")
+
+
+def check_kv_cache_bytes(kv_cache_bytes, seed: int | None = None, n_cases: int = 12) -> None:
+    """``kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_element)``."""
+    gen, seed = new_generator(seed)
+    for _ in range(n_cases):
+        n_kv = randint(gen, 1, 8)
+        args = (randint(gen, 1, 40), n_kv * randint(gen, 1, 8), n_kv, 16 * randint(gen, 1, 8), randint(gen, 1, 4096), randint(gen, 1, 16), (1, 2, 4)[randint(gen, 0, 2)])
+        n_layers, _, _, head_dim, seq, batch, nbytes = args
+        what = f"kv_cache_bytes{args} (seed {seed})"
+        _expect_int(kv_cache_bytes(*args), memory.kv_cache_bytes(n_layers, n_kv, head_dim, seq, batch, nbytes), what)
+
+
+def check_kv_cache_bytes_against_a_real_cache(kv_cache_bytes) -> None:
+    """Equals the bytes a real ``KVCache`` holds after a forward pass, and the ANCHORS table (32k context)."""
+    from course_lib.kvcache import KVCache
+    from course_lib.models import DecoderConfig, DecoderLM
+
+    for n_heads, n_kv in ((4, 4), (4, 2), (4, 1)):
+        config = DecoderConfig(vocab_size=50, d_model=32, n_layers=3, n_heads=n_heads, n_kv_heads=n_kv, d_ff=64, max_seq_len=64)
+        model, cache = DecoderLM(config), KVCache(3)
+        with torch.no_grad():
+            model(torch.randint(0, 50, (2, 20)), cache=cache)
+        _expect_int(kv_cache_bytes(3, n_heads, n_kv, 8, 20, 2, 4), cache.nbytes(), f"kv_cache_bytes for a real cache with {n_kv} of {n_heads} kv heads (float32)")
+    gib = 2**30
+    for n_kv, expected_gib in ((32, 128), (8, 32), (1, 4)):
+        _expect_int(kv_cache_bytes(32, 32, n_kv, 128, 32 * 1024, 8, 2), expected_gib * gib, f"32 layers, {n_kv} kv heads, 32k tokens, batch 8, bf16")

@@ -1,0 +1,101 @@
+"""The course's pretrained checkpoints: they load both ways, and their quality is real.
+
+The figures in each ``training.json`` are recomputed here from the shipped weights, and
+minimum qualities are required, so that a broken or stale checkpoint fails.
+"""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from course_lib import models, pretrain
+from course_lib.data import build_corpus
+from course_lib.evaluation import exact_match, perplexity
+from course_lib.tokenizer import BPETokenizer, course_tokenizer
+
+NAMES = sorted(pretrain.RECIPES)
+# What each checkpoint must reach on held-out data (the recorded figures are higher; see training.json)
+MINIMUM = {
+    "course-lm": {"heldout_perplexity_max": None, "qa_heldout": None, "arithmetic": None, "sorting": None},
+    "course-lm-small": {"heldout_perplexity_max": None, "qa_heldout": None, "arithmetic": None, "sorting": None},
+}
+
+
+@pytest.fixture(scope="module")
+def corpus():
+    return build_corpus(0)
+
+
+def record(name: str) -> dict:
+    return json.loads((pretrain.ASSETS / name / "training.json").read_text())
+
+
+def test_every_recipe_has_a_checkpoint():
+    assert models.available_pretrained() == NAMES
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_matches_its_recipe_and_is_small(name):
+    folder = pretrain.ASSETS / name
+    model = models.load_pretrained(name)
+    assert model.config == pretrain.RECIPES[name].model
+    assert model.num_parameters() == record(name)["parameters"]
+    size = sum(f.stat().st_size for f in folder.iterdir())
+    assert size < 16 * 2**20, f"{name} takes {size / 2**20:.1f} MiB"
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_checkpoint_loads_in_transformers_with_the_same_logits(name):
+    transformers = pytest.importorskip("transformers")
+    folder = pretrain.ASSETS / name
+    ours = models.load_pretrained(name)
+    theirs = transformers.AutoModelForCausalLM.from_pretrained(folder, dtype=torch.float32).eval()
+    ids = torch.randint(0, ours.config.vocab_size, (2, 40), generator=torch.Generator().manual_seed(0))
+    with torch.no_grad():
+        diff = (ours(ids) - theirs(ids).logits).abs().max().item()
+    assert diff < 1e-4
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_tokenizer_is_the_course_tokenizer(name):
+    saved = BPETokenizer.load(pretrain.ASSETS / name)
+    assert saved.vocab == course_tokenizer(0).vocab and saved.merges == course_tokenizer(0).merges
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_recorded_perplexity_is_what_the_weights_give(name, corpus):
+    model = models.load_pretrained(name)
+    ppl = perplexity(model, course_tokenizer(0), corpus.heldout_texts)
+    assert ppl == pytest.approx(record(name)["quality"]["heldout_perplexity"], rel=1e-3)
+    assert ppl <= MINIMUM[name]["heldout_perplexity_max"]
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("task", ["qa_heldout", "arithmetic", "sorting"])
+def test_checkpoint_quality_on_held_out_tasks(name, task, corpus):
+    model = models.load_pretrained(name)
+    pairs = {"qa_heldout": corpus.qa_heldout, "arithmetic": corpus.arithmetic_heldout[:300], "sorting": corpus.sorting_heldout[:200]}[task]
+    score = exact_match(model, course_tokenizer(0), pairs, max_new_tokens=24 if task == "sorting" else 12)
+    assert score >= MINIMUM[name][task], f"{name} {task}: {score:.3f}"
+
+
+def test_the_larger_model_is_the_better_one():
+    big, small = record("course-lm")["quality"], record("course-lm-small")["quality"]
+    assert big["heldout_perplexity"] < small["heldout_perplexity"]
+    assert big["qa_heldout"] >= small["qa_heldout"]
+
+
+def test_pretrain_runs_end_to_end_in_a_few_steps(tmp_path):
+    rec = pretrain.pretrain("course-lm-small", out=tmp_path, steps=4, progress=False)
+    assert rec["train"]["steps"] == 4 and len(rec["history"]["eval_loss"]) == 1
+    again = models.load_pretrained(tmp_path / "course-lm-small")
+    assert again.num_parameters() == rec["parameters"]
+    assert json.loads((tmp_path / "course-lm-small" / "training.json").read_text())["quality"] == rec["quality"]
+
+
+def test_unknown_recipe_is_a_clear_error():
+    with pytest.raises(ValueError, match="name must be one of"):
+        pretrain.pretrain("gpt-5")
