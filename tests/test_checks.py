@@ -5,9 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import attention, kvcache, memory, models, tokenizer
+from course_lib import attention, formats, kvcache, memory, models, quant, tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import basics as basics_checks
+from course_lib.checks import formats as formats_checks
+from course_lib.checks import memory as memory_checks
+from course_lib.checks import quant as quant_checks
 from course_lib.checks import models as models_checks
 from course_lib.checks import tokenizer as tokenizer_checks
 from course_lib.checks.common import call, expect_tensor
@@ -36,6 +39,25 @@ def reference_greedy(model, input_ids, max_new_tokens):
     return ids
 
 
+def reference_block_params(d_model, n_heads, n_kv_heads, d_ff):
+    shape = memory.ModelShape(vocab_size=10, d_model=d_model, n_layers=1, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff)
+    return memory.block_params(shape)
+
+
+def reference_model_states(n_params, optimizer, precision):
+    w = memory.precision_bytes(precision)[0]
+    states = memory.optimizer_state_bytes(n_params, optimizer, precision)
+    return {"weights": n_params * w, "gradients": n_params * w, "optimizer_states": states}
+
+
+def reference_kv_bytes(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size=1, bytes_per_element=2):
+    return memory.kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_element)
+
+
+def reference_bf16(x):
+    return torch.from_numpy(formats.round_to(x.double().numpy(), formats.BF16)).float()
+
+
 CHECKS = [
     (attention_checks.check_softmax, wrapped(attention.softmax)),
     (attention_checks.check_softmax_edge_cases, wrapped(attention.softmax)),
@@ -55,10 +77,24 @@ CHECKS = [
     (models_checks.check_mlm_mask_edge_cases, wrapped(models.mlm_mask)),
     (models_checks.check_greedy_generate, reference_greedy),
     (models_checks.check_greedy_generate_edge_cases, reference_greedy),
+    (memory_checks.check_llama_block_params, reference_block_params),
+    (memory_checks.check_llama_block_params_against_transformers, reference_block_params),
+    (memory_checks.check_model_state_bytes, reference_model_states),
+    (memory_checks.check_model_state_bytes_against_measurement, reference_model_states),
+    (memory_checks.check_kv_cache_bytes, reference_kv_bytes),
+    (memory_checks.check_kv_cache_bytes_against_a_real_cache, reference_kv_bytes),
+    (formats_checks.check_decode_fp16, lambda bits: formats.decode(bits, formats.FP16)),
+    (formats_checks.check_decode_fp16_edge_cases, lambda bits: formats.decode(bits, formats.FP16)),
+    (formats_checks.check_round_to_bf16, reference_bf16),
+    (formats_checks.check_round_to_bf16_edge_cases, reference_bf16),
+    (lambda f: quant_checks.check_absmax_int8(*f), (lambda w: quant.absmax_quantize(w), quant.absmax_dequantize)),
+    (lambda f: quant_checks.check_absmax_int8_edge_cases(*f), (lambda w: quant.absmax_quantize(w), quant.absmax_dequantize)),
+    (quant_checks.check_blockwise_int4, lambda w, block_size=64: quant.absmax_quantize(w, bits=4, block_size=block_size)),
+    (quant_checks.check_blockwise_int4_edge_cases, lambda w, block_size=64: quant.absmax_quantize(w, bits=4, block_size=block_size)),
 ]
 
 
-@pytest.mark.parametrize("check,reference", CHECKS, ids=[c.__name__ for c, _ in CHECKS])
+@pytest.mark.parametrize("check,reference", CHECKS, ids=[f"{i}-{c.__name__}" for i, (c, _) in enumerate(CHECKS)])
 def test_check_accepts_the_reference(check, reference):
     for _ in range(5):  # fresh random inputs each time
         check(reference)
