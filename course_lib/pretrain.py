@@ -54,9 +54,11 @@ def _decoder(d_model: int, n_layers: int, n_heads: int, n_kv_heads: int, d_ff: i
 
 
 RECIPES: dict[str, Recipe] = {
+    # 1,000 steps: trained for 2,400 the held-out loss bottomed out near step 1,200 and then
+    # rose while the model memorised its training text (held-out perplexity 2.41 at the end)
     "course-lm": Recipe(
         model=_decoder(d_model=192, n_layers=6, n_heads=6, n_kv_heads=2, d_ff=512),
-        train=TrainConfig(steps=2400, lr=3e-3, min_lr=3e-4, warmup_steps=100, eval_every=200, seed=0),
+        train=TrainConfig(steps=1000, lr=3e-3, min_lr=3e-4, warmup_steps=100, eval_every=100, seed=0),
     ),
     "course-lm-small": Recipe(
         model=_decoder(d_model=96, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=256),

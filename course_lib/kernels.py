@@ -1,0 +1,251 @@
+"""A FlashAttention forward kernel in Triton (lesson 05).
+
+One program computes one tile of ``BLOCK_M`` queries of one (batch, head): it loads the
+query tile once, walks over the key/value tiles of ``BLOCK_N`` keys with the online
+softmax of :mod:`course_lib.flash`, and writes ``acc / l``. The scores never leave the
+chip. Two details make it fast:
+
+- base 2: ``exp(x) = exp2(x * log2(e))``, and ``exp2`` is the GPU's native instruction, so
+  ``log2(e)`` is folded into the score scale once and the kernel calls ``exp2`` only;
+- causal attention stops the loop at the diagonal: key tiles that start after the tile's
+  last query are never loaded (``course_lib.flash.causal_tile_skip``).
+
+Triton is optional: ``course_lib`` imports without it and :func:`available` says whether
+it is installed. The kernel uses plain pointer arithmetic only (no block pointers, no TMA
+descriptors), so it runs on Triton 3.6 (the version PyTorch 2.11's CUDA build ships)
+through 3.9 (which removed ``tl.make_block_ptr``), and on the CPU in Triton's interpreter.
+
+On a GPU: float16 or bfloat16, the tile sizes picked by ``triton.autotune``. With the
+environment variable ``TRITON_INTERPRET=1`` set *before* ``import triton`` (Triton reads it
+once, when it is imported), the interpreter runs the same kernel on the CPU with numpy
+(float32 and float16; its ``tl.dot`` gets bfloat16 wrong), with one small fixed tile size;
+slow, for checking only. A process interprets or compiles, not both.
+
+Triton 3.6's interpreter needs NumPy < 2.4: it passes kernel arguments as 1-element arrays,
+which NumPy 2.4 no longer turns into a loop bound (triton-lang/triton#9171; 3.7.1 and
+later are fixed). Its compiled kernels are not affected.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+
+try:
+    import triton
+    import triton.language as tl
+except ImportError:  # the course runs without Triton; see available()
+    triton = None
+    tl = None
+
+HEAD_DIMS = (16, 32, 64, 128)
+GPU_DTYPES = (torch.float16, torch.bfloat16)
+INTERPRETER_DTYPES = (torch.float32, torch.float16)  # the interpreter multiplies bfloat16 wrongly
+INTERPRETER_BLOCK = 16  # BLOCK_M = BLOCK_N under the interpreter
+LOG2_E = math.log2(math.e)
+
+
+def available() -> bool:
+    """Whether Triton is installed (the kernel also needs a CUDA GPU, or ``TRITON_INTERPRET=1``). Defined in lesson 05."""
+    return triton is not None
+
+
+def interpreting() -> bool:
+    """Whether Triton runs kernels in its CPU interpreter.
+
+    True when ``TRITON_INTERPRET=1`` was set before ``import triton``: Triton's own library
+    functions (``tl.cdiv`` among them) were then made interpreted functions. Setting the
+    variable later changes nothing. Defined in lesson 05.
+    """
+    if triton is None:
+        return False
+    from triton.runtime.interpreter import InterpretedFunction
+
+    return isinstance(tl.cdiv, InterpretedFunction)
+
+
+# --------------------------------------------------------------------------- the kernel
+
+if triton is not None:
+
+    @triton.jit
+    def _attention_forward(
+        Q, K, V, O,
+        stride_qb, stride_qh, stride_qm, stride_qd,
+        stride_kb, stride_kh, stride_kn, stride_kd,
+        stride_vb, stride_vh, stride_vn, stride_vd,
+        stride_ob, stride_oh, stride_om, stride_od,
+        n_heads, n_q, n_k, qk_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    ):
+        tile_m = tl.program_id(0)                      # which tile of queries
+        batch = (tl.program_id(1) // n_heads).to(tl.int64)   # which (batch, head); 64-bit offsets
+        head = (tl.program_id(1) % n_heads).to(tl.int64)
+        rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
+        cols = tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, HEAD_DIM)
+        Q += batch * stride_qb + head * stride_qh
+        K += batch * stride_kb + head * stride_kh
+        V += batch * stride_vb + head * stride_vh
+        O += batch * stride_ob + head * stride_oh
+
+        q = tl.load(Q + rows[:, None] * stride_qm + dims[None, :] * stride_qd, mask=rows[:, None] < n_q, other=0.0)
+        m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)   # running max (base 2)
+        l = tl.zeros([BLOCK_M], dtype=tl.float32)                   # running sum
+        acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)      # running output
+        end = n_k
+        if IS_CAUSAL:  # skip the key tiles that start after this tile's last query
+            end = tl.minimum(n_k, (tile_m + 1) * BLOCK_M)
+        for start in range(0, end, BLOCK_N):
+            keys = start + cols
+            k = tl.load(K + keys[None, :] * stride_kn + dims[:, None] * stride_kd, mask=keys[None, :] < n_k, other=0.0)
+            s = tl.dot(q, k) * qk_scale                              # (BLOCK_M, BLOCK_N), times log2(e)
+            allowed = keys[None, :] < n_k
+            if IS_CAUSAL:
+                allowed = allowed & (keys[None, :] <= rows[:, None])
+            s = tl.where(allowed, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            rescale = tl.exp2(m - m_new)                             # exp(m_old - m_new) in base 2
+            p = tl.exp2(s - m_new[:, None])
+            l = l * rescale + tl.sum(p, 1)
+            v = tl.load(V + keys[:, None] * stride_vn + dims[None, :] * stride_vd, mask=keys[:, None] < n_k, other=0.0)
+            acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        acc = acc / l[:, None]
+        tl.store(O + rows[:, None] * stride_om + dims[None, :] * stride_od, acc.to(O.dtype.element_ty), mask=rows[:, None] < n_q)
+
+
+def cuda_configs() -> list:
+    """The tile sizes, warps and pipeline stages that ``triton.autotune`` tries on a GPU. Defined in lesson 05."""
+    return [
+        triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
+        for block_m, block_n, warps in ((128, 64, 8), (128, 64, 4), (128, 32, 4), (64, 64, 4))
+        for stages in (2, 3)
+    ]
+
+
+if triton is not None:
+    # on a GPU, the first call for each (lengths, head dim, causal, dtype) times every configuration
+    _attention_forward_autotuned = triton.autotune(configs=cuda_configs(), key=["n_q", "n_k", "HEAD_DIM", "IS_CAUSAL"])(
+        _attention_forward
+    )
+
+
+def compile_for_gpu(
+    dtype: torch.dtype = torch.float16,
+    head_dim: int = 64,
+    is_causal: bool = False,
+    block_m: int = 128,
+    block_n: int = 64,
+    num_warps: int = 8,
+    num_stages: int = 3,
+    capability: int = 90,
+):
+    """Compile the kernel for an NVIDIA GPU of compute ``capability`` (90: H100/H200) without one.
+
+    Triton ships its own ``ptxas``, so this runs on any machine, in a process that does not
+    interpret (``TRITON_INTERPRET`` unset when Triton was imported). Returns Triton's compiled
+    kernel: ``.asm["ptx"]`` is the PTX text (look for ``wgmma``, the H100 tensor-core
+    instruction, and ``ex2.approx``, the base-2 exponential) and ``.metadata.shared`` the
+    bytes of shared memory per program. Defined in lesson 05.
+    """
+    if not available():
+        raise RuntimeError("Triton is not installed: pip install 'triton>=3.6,<3.10'")
+    if interpreting():
+        raise RuntimeError("this process interprets kernels (TRITON_INTERPRET=1): compile in a fresh process without it")
+    if dtype not in GPU_DTYPES or head_dim not in HEAD_DIMS:
+        raise ValueError(f"dtype must be one of {GPU_DTYPES} and head_dim one of {HEAD_DIMS}, got {dtype}, {head_dim}")
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    pointer = "*fp16" if dtype == torch.float16 else "*bf16"
+    names = _attention_forward.arg_names
+    constants = {"HEAD_DIM": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n, "IS_CAUSAL": bool(is_causal)}
+    signature = {
+        name: pointer if name in ("Q", "K", "V", "O") else "fp32" if name == "qk_scale" else "constexpr" if name in constants else "i32"
+        for name in names
+    }
+    source = ASTSource(fn=_attention_forward, signature=signature, constexprs={(names.index(n),): c for n, c in constants.items()})
+    return triton.compile(source, target=GPUTarget("cuda", capability, 32), options={"num_warps": num_warps, "num_stages": num_stages})
+
+
+# --------------------------------------------------------------------------- the entry point
+
+
+def _check_inputs(q, k, v, scale) -> None:
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise ValueError(f"{name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{name} must have shape (B, H, L, D), got {tuple(t.shape)}")
+    if q.shape[:2] != k.shape[:2] or k.shape != v.shape:
+        raise ValueError(
+            f"q (B, H, L, D), k and v (B, H, S, D) must agree, got q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}"
+        )
+    if q.shape[-1] != k.shape[-1]:
+        raise ValueError(f"q, k and v must have the same head dim D, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if q.shape[-1] not in HEAD_DIMS:
+        raise ValueError(f"head dim must be one of {HEAD_DIMS}, got {q.shape[-1]}")
+    if k.shape[2] == 0:
+        raise ValueError(f"k and v must hold at least one key position (S >= 1), got k {tuple(k.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise ValueError(f"q, k and v must share one dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if not (q.device == k.device == v.device):
+        raise ValueError(f"q, k and v must be on one device, got {q.device}, {k.device}, {v.device}")
+    if interpreting():
+        if q.dtype not in INTERPRETER_DTYPES:
+            raise ValueError(f"dtype must be one of {INTERPRETER_DTYPES} under the interpreter, got {q.dtype}")
+    else:
+        if not q.is_cuda:
+            raise ValueError(
+                "q, k and v must be CUDA tensors (or set TRITON_INTERPRET=1 before importing triton to run "
+                f"on the CPU), got {q.device}"
+            )
+        if q.dtype not in GPU_DTYPES:
+            raise ValueError(f"dtype must be torch.float16 or torch.bfloat16 on a GPU, got {q.dtype}")
+    if scale is not None and (isinstance(scale, bool) or not isinstance(scale, (int, float))):
+        raise ValueError(f"scale must be None or a number, got {type(scale).__name__}")
+
+
+def flash_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """``softmax(q @ k^T * scale) @ v`` by the Triton FlashAttention forward kernel (no backward).
+
+    Args:
+        q: ``(B, H, L, D)``; k, v: ``(B, H, S, D)``; one dtype: float16 or bfloat16 on a
+            CUDA GPU; float32 or float16 under ``TRITON_INTERPRET=1``; ``D`` in ``HEAD_DIMS``
+            (16, 32, 64, 128); any lengths ``L`` and ``S >= 1``; any strides.
+        is_causal: query ``i`` sees keys ``j <= i`` (top left, as PyTorch).
+        scale: factor on the scores; default ``1 / sqrt(D)``.
+    Returns:
+        ``(B, H, L, D)`` in q's dtype, as ``torch.nn.functional.scaled_dot_product_attention``.
+
+    Defined in lesson 05.
+    """
+    if not available():
+        raise RuntimeError("Triton is not installed: pip install 'triton>=3.6,<3.10' (see course_lib.kernels)")
+    _check_inputs(q, k, v, scale)
+    batch, n_heads, n_q, head_dim = q.shape
+    n_k = k.shape[2]
+    o = torch.empty_like(q)
+    if n_q == 0:
+        return o
+    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+    args = (
+        q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        n_heads, n_q, n_k, scale * LOG2_E,
+    )
+    grid = lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
+    if interpreting():
+        block = INTERPRETER_BLOCK
+        _attention_forward[grid](*args, HEAD_DIM=head_dim, BLOCK_M=block, BLOCK_N=block, IS_CAUSAL=bool(is_causal))
+    else:
+        with torch.cuda.device(q.device):
+            _attention_forward_autotuned[grid](*args, HEAD_DIM=head_dim, IS_CAUSAL=bool(is_causal))
+    return o
