@@ -13,6 +13,8 @@ One module per idea; each function's docstring names the lesson that teaches it.
 - ``train``       lesson 02: the training loop
 - ``evaluation``  lesson 02: perplexity and exact-match accuracy
 - ``pretrain``    lesson 02: the recipes of the course's pretrained checkpoints
+- ``flash``       lesson 05: FlashAttention in PyTorch: online softmax, tiles, recomputation
+- ``kernels``     lesson 05: a FlashAttention forward kernel in Triton (optional)
 - ``formats``     lesson 04: fp32, fp16, bf16 and fp8 bit by bit
 - ``quant``       lesson 04: absmax, zero-point, per-block, NF4 and LLM.int8()-style quantization
 - ``checks``      the checks that grade the exercises
