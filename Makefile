@@ -44,10 +44,11 @@ $(STAMP): requirements.txt pyproject.toml binder/jupyterlab-overrides.json
 lab: $(STAMP)
 	$(BIN)/jupyter lab --ServerApp.root_dir=notebooks --port=$(PORT) $(ROOT_FLAG) $(LAB_ARGS)
 
-# The README's test command. Notebooks run on 2 workers; --dist loadscope keeps
-# every notebook's cells on one worker.
+# The README's test command. Tests run on 2 workers, one PyTorch thread each (two
+# workers with two threads each on two cores slow PyTorch down many times over);
+# --dist loadscope keeps every notebook's cells on one worker.
 test: $(STAMP)
-	$(BIN)/python -m pytest -n 2 --dist loadscope --nbval-lax tests solutions
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -n 2 --dist loadscope --nbval-lax tests solutions
 
 # Library tests only: seconds, not minutes.
 test-fast: $(STAMP)
