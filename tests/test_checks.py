@@ -20,14 +20,6 @@ def wrapped(fn):
     return lambda *args, **kwargs: fn(*args, **kwargs)
 
 
-def reference_mha(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
-    mha = attention.MultiHeadAttention(x.shape[-1], n_heads).to(x.dtype)
-    with torch.no_grad():
-        for lin, w in ((mha.q_proj, w_q), (mha.k_proj, w_k), (mha.v_proj, w_v), (mha.o_proj, w_o)):
-            lin.weight.copy_(w)
-        return mha(x, is_causal=is_causal)
-
-
 def reference_greedy(model, input_ids, max_new_tokens):
     cache = kvcache.KVCache(model.config.n_layers)
     logits, ids = model(input_ids, cache=cache), input_ids
@@ -65,8 +57,8 @@ CHECKS = [
     (attention_checks.check_causal_mask_against_torch, wrapped(attention.causal_mask)),
     (attention_checks.check_scaled_dot_product_attention, wrapped(attention.scaled_dot_product_attention)),
     (attention_checks.check_scaled_dot_product_attention_edge_cases, wrapped(attention.scaled_dot_product_attention)),
-    (attention_checks.check_multi_head_attention, reference_mha),
-    (attention_checks.check_multi_head_attention_against_torch, reference_mha),
+    (attention_checks.check_multi_head_attention, attention_checks.reference_multi_head_attention),
+    (attention_checks.check_multi_head_attention_against_torch, attention_checks.reference_multi_head_attention),
     (basics_checks.check_tensor_bytes, wrapped(memory.tensor_bytes)),
     (basics_checks.check_tensor_bytes_edge_cases, wrapped(memory.tensor_bytes)),
     (tokenizer_checks.check_merge_pair, wrapped(tokenizer.merge_pair)),

@@ -14,14 +14,9 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import attention as ref
-from course_lib.checks.common import call, expect_tensor, new_generator, randint
+from course_lib.checks.common import call, expect_tensor, new_generator, randint, refuse_reference
 
 _DTYPES = (torch.float32, torch.float64)
-
-
-def _not_reference(fn, reference, name: str) -> None:
-    if fn is reference:
-        raise AssertionError(f"{name}: write your own function rather than passing the course's reference")
 
 
 # --------------------------------------------------------------------------- softmax
@@ -29,7 +24,7 @@ def _not_reference(fn, reference, name: str) -> None:
 
 def check_softmax(softmax, seed: int | None = None, n_cases: int = 12) -> None:
     """``softmax(x, dim=-1)`` on random tensors of 1 to 4 dims, float32 and float64, every ``dim``."""
-    _not_reference(softmax, ref.softmax, "softmax")
+    refuse_reference(softmax, ref.softmax, "softmax")
     gen, seed = new_generator(seed)
     for case in range(n_cases):
         n_dims = randint(gen, 1, 4)
@@ -66,7 +61,7 @@ def check_softmax_edge_cases(softmax) -> None:
 
 def check_causal_mask(causal_mask, seed: int | None = None) -> None:
     """``causal_mask(n_q, n_k)``: boolean ``(n_q, n_k)``, ``True`` where query i may see key j (j <= i)."""
-    _not_reference(causal_mask, ref.causal_mask, "causal_mask")
+    refuse_reference(causal_mask, ref.causal_mask, "causal_mask")
     gen, seed = new_generator(seed)
     sizes = [(1, 1), (4, 4), (3, 5), (5, 3)]
     sizes += [(randint(gen, 1, 9), randint(gen, 1, 9)) for _ in range(6)]
@@ -104,7 +99,7 @@ def check_scaled_dot_product_attention(attention, seed: int | None = None, n_cas
     Random batch shapes, query length != key length, E != Ev, float32 and float64,
     with no mask and with boolean masks of shape ``(L, S)``.
     """
-    _not_reference(attention, ref.scaled_dot_product_attention, "scaled_dot_product_attention")
+    refuse_reference(attention, ref.scaled_dot_product_attention, "scaled_dot_product_attention")
     gen, seed = new_generator(seed)
     for case in range(n_cases):
         batch_shape = tuple(randint(gen, 1, 3) for _ in range(randint(gen, 0, 2)))
@@ -153,7 +148,8 @@ def check_scaled_dot_product_attention_edge_cases(attention) -> None:
 # --------------------------------------------------------------------------- multi-head attention
 
 
-def _reference_mha(x, w_q, w_k, w_v, w_o, n_heads, is_causal):
+def reference_multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
+    """The exercise's function computed by :class:`course_lib.attention.MultiHeadAttention` with the given weights."""
     mha = ref.MultiHeadAttention(w_q.shape[0], n_heads).to(x.dtype)
     with torch.no_grad():
         for lin, w in ((mha.q_proj, w_q), (mha.k_proj, w_k), (mha.v_proj, w_v), (mha.o_proj, w_o)):
@@ -182,7 +178,7 @@ def check_multi_head_attention(mha, seed: int | None = None, n_cases: int = 8) -
             f"{dtype} (seed {seed})"
         )
         got = call(mha, x, *ws, n_heads, is_causal=is_causal, what=what)
-        expect_tensor(got, _reference_mha(x, *ws, n_heads, is_causal), what)
+        expect_tensor(got, reference_multi_head_attention(x, *ws, n_heads, is_causal), what)
 
 
 def check_multi_head_attention_against_torch(mha) -> None:

@@ -4,29 +4,21 @@ from __future__ import annotations
 
 import torch
 
-from course_lib.checks.common import call, new_generator, randint
+from course_lib.checks.common import call, expect_int, new_generator, randint, refuse_reference
 from course_lib.memory import tensor_bytes as reference_tensor_bytes
 
 _DTYPES = (torch.float32, torch.float64, torch.float16, torch.bfloat16, torch.int8, torch.int64, torch.bool, torch.uint8)
 
 
-def _expect_int(got, expected: int, what: str) -> None:
-    if type(got) is not int:
-        raise AssertionError(f"{what} should return a Python int, got {type(got).__name__} ({got!r}); try int(...)")
-    if got != expected:
-        raise AssertionError(f"{what} should be {expected} bytes, got {got}")
-
-
 def check_tensor_bytes(tensor_bytes, seed: int | None = None) -> None:
     """``tensor_bytes(t)`` on random shapes and every common dtype."""
-    if tensor_bytes is reference_tensor_bytes:
-        raise AssertionError("write your own tensor_bytes rather than passing the course's reference")
+    refuse_reference(tensor_bytes, reference_tensor_bytes, "tensor_bytes")
     gen, seed = new_generator(seed)
     for dtype in _DTYPES:
         shape = tuple(randint(gen, 1, 7) for _ in range(randint(gen, 1, 3)))
         t = torch.zeros(shape, dtype=dtype)
         what = f"tensor_bytes(torch.zeros({shape}, dtype={dtype})) (seed {seed})"
-        _expect_int(call(tensor_bytes, t, what=what), reference_tensor_bytes(t), what)
+        expect_int(call(tensor_bytes, t, what=what), reference_tensor_bytes(t), what)
 
 
 def check_tensor_bytes_edge_cases(tensor_bytes) -> None:
@@ -41,4 +33,4 @@ def check_tensor_bytes_edge_cases(tensor_bytes) -> None:
     ]
     for name, t in cases:
         what = f"tensor_bytes on {name}"
-        _expect_int(call(tensor_bytes, t, what=what), reference_tensor_bytes(t), what)
+        expect_int(call(tensor_bytes, t, what=what), reference_tensor_bytes(t), what)

@@ -5,14 +5,7 @@ from __future__ import annotations
 import torch
 
 from course_lib import memory
-from course_lib.checks.common import new_generator, randint
-
-
-def _expect_int(got, expected: int, what: str) -> None:
-    if type(got) is not int:
-        raise AssertionError(f"{what} should return a Python int, got {type(got).__name__} ({got!r})")
-    if got != expected:
-        raise AssertionError(f"{what} should be {expected:,}, got {got:,}")
+from course_lib.checks.common import expect_int, new_generator, randint
 
 
 def _llama_shape(d_model: int, n_heads: int, n_kv_heads: int, d_ff: int) -> memory.ModelShape:
@@ -28,7 +21,7 @@ def check_llama_block_params(llama_block_params, seed: int | None = None, n_case
         n_heads = n_kv * randint(gen, 1, 4)
         d_model, d_ff = n_heads * head_dim, 8 * randint(gen, 1, 64)
         what = f"llama_block_params(d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv}, d_ff={d_ff}) (seed {seed})"
-        _expect_int(llama_block_params(d_model, n_heads, n_kv, d_ff), memory.block_params(_llama_shape(d_model, n_heads, n_kv, d_ff)), what)
+        expect_int(llama_block_params(d_model, n_heads, n_kv, d_ff), memory.block_params(_llama_shape(d_model, n_heads, n_kv, d_ff)), what)
 
 
 def check_llama_block_params_against_transformers(llama_block_params) -> None:
@@ -39,10 +32,10 @@ def check_llama_block_params_against_transformers(llama_block_params) -> None:
     for d_model, n_heads, n_kv, d_ff in ((64, 4, 4, 176), (96, 6, 2, 256), (128, 8, 1, 344)):
         config = LlamaConfig(hidden_size=d_model, num_attention_heads=n_heads, num_key_value_heads=n_kv, intermediate_size=d_ff, vocab_size=100)
         real = sum(p.numel() for p in LlamaDecoderLayer(config, layer_idx=0).parameters())
-        _expect_int(llama_block_params(d_model, n_heads, n_kv, d_ff), real, f"llama_block_params({d_model}, {n_heads}, {n_kv}, {d_ff}) vs LlamaDecoderLayer")
+        expect_int(llama_block_params(d_model, n_heads, n_kv, d_ff), real, f"llama_block_params({d_model}, {n_heads}, {n_kv}, {d_ff}) vs LlamaDecoderLayer")
     # Llama-3-8B: 32 layers of this block, plus embeddings, output layer and final norm = 8,030,261,248
     block = llama_block_params(4096, 32, 8, 14336)
-    _expect_int(32 * block + 2 * 128256 * 4096 + 4096, 8_030_261_248, "32 Llama-3-8B blocks + embeddings + output layer + final norm")
+    expect_int(32 * block + 2 * 128256 * 4096 + 4096, 8_030_261_248, "32 Llama-3-8B blocks + embeddings + output layer + final norm")
 
 
 PRECISIONS = ("fp32", "bf16", "bf16-mixed")
@@ -58,7 +51,7 @@ def _expect_states(got, expected: dict[str, int], what: str) -> None:
     if type(got) is not dict or set(got) != set(expected):
         raise AssertionError(f"{what} should return a dict with keys {sorted(expected)}, got {got!r}")
     for key, value in expected.items():
-        _expect_int(got[key], value, f"{what}[{key!r}]")
+        expect_int(got[key], value, f"{what}[{key!r}]")
 
 
 def check_model_state_bytes(model_state_bytes, seed: int | None = None) -> None:
@@ -90,7 +83,7 @@ def check_model_state_bytes_against_measurement(model_state_bytes) -> None:
         }
         _expect_states(model_state_bytes(n, "adamw", precision), measured, f"model_state_bytes({n}, 'adamw', {precision!r}) vs PyTorch's tensors")
     total = sum(model_state_bytes(10**9, "adamw", "fp32").values())
-    _expect_int(total, 16 * 10**9, "the model states of 1B parameters, fp32 AdamW (16 bytes per parameter)")
+    expect_int(total, 16 * 10**9, "the model states of 1B parameters, fp32 AdamW (16 bytes per parameter)")
 
 
 def check_kv_cache_bytes(kv_cache_bytes, seed: int | None = None, n_cases: int = 12) -> None:
@@ -101,7 +94,7 @@ def check_kv_cache_bytes(kv_cache_bytes, seed: int | None = None, n_cases: int =
         args = (randint(gen, 1, 40), n_kv * randint(gen, 1, 8), n_kv, 16 * randint(gen, 1, 8), randint(gen, 1, 4096), randint(gen, 1, 16), (1, 2, 4)[randint(gen, 0, 2)])
         n_layers, _, _, head_dim, seq, batch, nbytes = args
         what = f"kv_cache_bytes{args} (seed {seed})"
-        _expect_int(kv_cache_bytes(*args), memory.kv_cache_bytes(n_layers, n_kv, head_dim, seq, batch, nbytes), what)
+        expect_int(kv_cache_bytes(*args), memory.kv_cache_bytes(n_layers, n_kv, head_dim, seq, batch, nbytes), what)
 
 
 def check_kv_cache_bytes_against_a_real_cache(kv_cache_bytes) -> None:
@@ -114,7 +107,7 @@ def check_kv_cache_bytes_against_a_real_cache(kv_cache_bytes) -> None:
         model, cache = DecoderLM(config), KVCache(3)
         with torch.no_grad():
             model(torch.randint(0, 50, (2, 20)), cache=cache)
-        _expect_int(kv_cache_bytes(3, n_heads, n_kv, 8, 20, 2, 4), cache.nbytes(), f"kv_cache_bytes for a real cache with {n_kv} of {n_heads} kv heads (float32)")
+        expect_int(kv_cache_bytes(3, n_heads, n_kv, 8, 20, 2, 4), cache.nbytes(), f"kv_cache_bytes for a real cache with {n_kv} of {n_heads} kv heads (float32)")
     gib = 2**30
     for n_kv, expected_gib in ((32, 128), (8, 32), (1, 4)):
-        _expect_int(kv_cache_bytes(32, 32, n_kv, 128, 32 * 1024, 8, 2), expected_gib * gib, f"32 layers, {n_kv} kv heads, 32k tokens, batch 8, bf16")
+        expect_int(kv_cache_bytes(32, 32, n_kv, 128, 32 * 1024, 8, 2), expected_gib * gib, f"32 layers, {n_kv} kv heads, 32k tokens, batch 8, bf16")
