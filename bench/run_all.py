@@ -16,9 +16,9 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from bench import attention  # noqa: E402
+from bench import attention, decode  # noqa: E402
 
-BENCHMARKS = [attention]
+BENCHMARKS = [attention, decode]
 
 
 def main(argv=None) -> int:

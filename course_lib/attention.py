@@ -145,6 +145,36 @@ def repeat_kv(x: torch.Tensor, n_rep: int) -> torch.Tensor:
     return x.repeat_interleave(n_rep, dim=-3)
 
 
+def mean_pool_kv_heads(weight: torch.Tensor, n_kv_heads: int, new_n_kv_heads: int) -> torch.Tensor:
+    """Merge a key (or value) projection's heads into fewer heads by averaging each group.
+
+    ``weight`` is an ``nn.Linear`` weight ``(n_kv_heads * head_dim, d_model)``: rows
+    ``h * head_dim .. (h + 1) * head_dim - 1`` produce head ``h``. The result
+    ``(new_n_kv_heads * head_dim, d_model)`` has, as its head ``g``, the mean of the
+    original heads ``g * r .. (g + 1) * r - 1`` with ``r = n_kv_heads // new_n_kv_heads``:
+    the consecutive query heads that share key/value head ``g`` after conversion (see
+    :func:`repeat_kv`) are exactly those that used heads ``g * r ..`` before. This is how the
+    GQA paper (Ainslie et al., 2023) initialises a GQA model from an MHA checkpoint before
+    uptraining it. Works for a bias ``(n_kv_heads * head_dim,)`` too. Defined in lesson 06.
+    """
+    _require_tensor("weight", weight)
+    _require_float("weight", weight)
+    for name, n in (("n_kv_heads", n_kv_heads), ("new_n_kv_heads", new_n_kv_heads)):
+        if isinstance(n, bool) or not isinstance(n, int) or n <= 0:
+            raise ValueError(f"{name} must be a positive int, got {n!r}")
+    if n_kv_heads % new_n_kv_heads != 0:
+        raise ValueError(f"n_kv_heads={n_kv_heads} must be a multiple of new_n_kv_heads={new_n_kv_heads}")
+    if weight.dim() not in (1, 2) or weight.shape[0] % n_kv_heads != 0:
+        raise ValueError(
+            f"weight must be (n_kv_heads * head_dim, d_model) or a bias (n_kv_heads * head_dim,) with n_kv_heads={n_kv_heads}, "
+            f"got {tuple(weight.shape)}"
+        )
+    head_dim = weight.shape[0] // n_kv_heads
+    group = n_kv_heads // new_n_kv_heads
+    heads = weight.reshape(new_n_kv_heads, group, head_dim, *weight.shape[1:])   # (new, group, head_dim, d_model)
+    return heads.mean(dim=1).reshape(new_n_kv_heads * head_dim, *weight.shape[1:])
+
+
 def attention_with_weights(
     q: torch.Tensor,
     k: torch.Tensor,
@@ -161,12 +191,18 @@ def attention_with_weights(
     See :func:`scaled_dot_product_attention` for the arguments. Defined in lesson 01.
     """
     _check_qkv(q, k, v, attn_mask, is_causal, enable_gqa)
-    if enable_gqa:
-        n_rep = q.shape[-3] // k.shape[-3]
-        k, v = repeat_kv(k, n_rep), repeat_kv(v, n_rep)
     n_q, n_k = q.shape[-2], k.shape[-2]
     scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else scale
-    scores = (q @ k.transpose(-2, -1)) * scale                       # (..., L, S) compatibility scores
+    group = q.shape[-3] // k.shape[-3] if enable_gqa else 1
+    if group > 1:
+        # GQA without copying K and V: the G query heads of a group become G * L rows against
+        # their one key/value head, (..., H_kv, G * L, E) @ (..., H_kv, E, S). Same result as
+        # repeat_kv, but each cached key and value is read once, not G times (lesson 06).
+        batch = torch.broadcast_shapes(q.shape[:-3], k.shape[:-3])
+        q_rows = q.expand(*batch, *q.shape[-3:]).reshape(*batch, k.shape[-3], group * n_q, q.shape[-1])
+        scores = ((q_rows @ k.transpose(-2, -1)) * scale).reshape(*batch, q.shape[-3], n_q, n_k)
+    else:
+        scores = (q @ k.transpose(-2, -1)) * scale                   # (..., L, S) compatibility scores
     if is_causal:
         attn_mask = causal_mask(n_q, n_k, device=q.device)
     if attn_mask is not None:
@@ -181,6 +217,9 @@ def attention_with_weights(
         else:
             scores = scores + attn_mask
     weights = softmax(scores, dim=-1)
+    if group > 1:
+        out = weights.reshape(*batch, k.shape[-3], group * n_q, n_k) @ v     # (..., H_kv, G * L, Ev)
+        return out.reshape(*batch, q.shape[-3], n_q, v.shape[-1]), weights
     return weights @ v, weights
 
 

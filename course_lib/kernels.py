@@ -3,17 +3,22 @@
 One program computes one tile of ``BLOCK_M`` queries of one (batch, head): it loads the
 query tile once, walks over the key/value tiles of ``BLOCK_N`` keys with the online
 softmax of :mod:`course_lib.flash`, and writes ``acc / l``. The scores never leave the
-chip. Two details make it fast:
+chip. What makes it fast:
 
 - base 2: ``exp(x) = exp2(x * log2(e))``, and ``exp2`` is the GPU's native instruction, so
   ``log2(e)`` is folded into the score scale once and the kernel calls ``exp2`` only;
 - causal attention stops the loop at the diagonal: key tiles that start after the tile's
-  last query are never loaded (``course_lib.flash.causal_tile_skip``).
+  last query are never loaded (``course_lib.flash.causal_tile_skip``), and the query tiles
+  with the most work are started first;
+- two loops over the key tiles, compiled separately: the tiles that every query of the
+  tile sees, with no mask at all (most of them), then the few on the diagonal or past the
+  last key, with bounds checks and the causal mask (``course_lib.flash.causal_tile_needs_mask``).
 
 Triton is optional: ``course_lib`` imports without it and :func:`available` says whether
 it is installed. The kernel uses plain pointer arithmetic only (no block pointers, no TMA
 descriptors), so it runs on Triton 3.6 (the version PyTorch 2.11's CUDA build ships)
 through 3.9 (which removed ``tl.make_block_ptr``), and on the CPU in Triton's interpreter.
+The course pins 3.7.1, the version PyTorch 2.13.0's CUDA build requires.
 
 On a GPU: float16 or bfloat16, the tile sizes picked by ``triton.autotune``. With the
 environment variable ``TRITON_INTERPRET=1`` set *before* ``import triton`` (Triton reads it
@@ -70,6 +75,46 @@ def interpreting() -> bool:
 if triton is not None:
 
     @triton.jit
+    def _fold_key_tiles(
+        q, m, l, acc, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
+        rows, start_key, end_key, n_k, qk_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_N: tl.constexpr, MASKED: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    ):
+        """Fold the key tiles ``start_key, start_key + BLOCK_N, ... < end_key`` into (m, l, acc).
+
+        ``MASKED`` is a compile-time flag: the tiles far below the diagonal and inside the keys
+        are folded without any mask (most of them); only the last partial tile and the tiles on
+        the diagonal pay for bounds checks and the causal mask.
+        """
+        cols = tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, HEAD_DIM)
+        for start in range(start_key, end_key, BLOCK_N):
+            keys = start + cols
+            k_ptrs = K + keys[None, :] * stride_kn + dims[:, None] * stride_kd     # K^T tile, (HEAD_DIM, BLOCK_N)
+            v_ptrs = V + keys[:, None] * stride_vn + dims[None, :] * stride_vd     # V tile, (BLOCK_N, HEAD_DIM)
+            if MASKED:
+                k = tl.load(k_ptrs, mask=keys[None, :] < n_k, other=0.0)
+            else:
+                k = tl.load(k_ptrs)
+            s = tl.dot(q, k) * qk_scale                              # (BLOCK_M, BLOCK_N), times log2(e)
+            if MASKED:
+                allowed = keys[None, :] < n_k
+                if IS_CAUSAL:
+                    allowed = allowed & (keys[None, :] <= rows[:, None])
+                s = tl.where(allowed, s, float("-inf"))
+            m_new = tl.maximum(m, tl.max(s, 1))
+            rescale = tl.exp2(m - m_new)                             # exp(m_old - m_new) in base 2
+            p = tl.exp2(s - m_new[:, None])
+            l = l * rescale + tl.sum(p, 1)
+            if MASKED:
+                v = tl.load(v_ptrs, mask=keys[:, None] < n_k, other=0.0)
+            else:
+                v = tl.load(v_ptrs)
+            acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
+            m = m_new
+        return m, l, acc
+
+    @triton.jit
     def _attention_forward(
         Q, K, V, O,
         stride_qb, stride_qh, stride_qm, stride_qd,
@@ -80,10 +125,11 @@ if triton is not None:
         HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
     ):
         tile_m = tl.program_id(0)                      # which tile of queries
+        if IS_CAUSAL:  # the longest rows first: the tiles near the end see the most keys
+            tile_m = tl.num_programs(0) - 1 - tile_m
         batch = (tl.program_id(1) // n_heads).to(tl.int64)   # which (batch, head); 64-bit offsets
         head = (tl.program_id(1) % n_heads).to(tl.int64)
         rows = tile_m * BLOCK_M + tl.arange(0, BLOCK_M)
-        cols = tl.arange(0, BLOCK_N)
         dims = tl.arange(0, HEAD_DIM)
         Q += batch * stride_qb + head * stride_qh
         K += batch * stride_kb + head * stride_kh
@@ -94,24 +140,18 @@ if triton is not None:
         m = tl.full([BLOCK_M], float("-inf"), dtype=tl.float32)   # running max (base 2)
         l = tl.zeros([BLOCK_M], dtype=tl.float32)                   # running sum
         acc = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)      # running output
+
+        # keys [0, full) need no mask; keys [full, end) need bounds checks or the causal mask
         end = n_k
-        if IS_CAUSAL:  # skip the key tiles that start after this tile's last query
+        visible = n_k
+        if IS_CAUSAL:  # causal_tile_skip: key tiles that start after this tile's last query are never loaded
             end = tl.minimum(n_k, (tile_m + 1) * BLOCK_M)
-        for start in range(0, end, BLOCK_N):
-            keys = start + cols
-            k = tl.load(K + keys[None, :] * stride_kn + dims[:, None] * stride_kd, mask=keys[None, :] < n_k, other=0.0)
-            s = tl.dot(q, k) * qk_scale                              # (BLOCK_M, BLOCK_N), times log2(e)
-            allowed = keys[None, :] < n_k
-            if IS_CAUSAL:
-                allowed = allowed & (keys[None, :] <= rows[:, None])
-            s = tl.where(allowed, s, float("-inf"))
-            m_new = tl.maximum(m, tl.max(s, 1))
-            rescale = tl.exp2(m - m_new)                             # exp(m_old - m_new) in base 2
-            p = tl.exp2(s - m_new[:, None])
-            l = l * rescale + tl.sum(p, 1)
-            v = tl.load(V + keys[:, None] * stride_vn + dims[None, :] * stride_vd, mask=keys[:, None] < n_k, other=0.0)
-            acc = acc * rescale[:, None] + tl.dot(p.to(v.dtype), v)
-            m = m_new
+            visible = tl.minimum(end, tile_m * BLOCK_M)      # keys every query of the tile sees
+        full = (visible // BLOCK_N) * BLOCK_N
+        m, l, acc = _fold_key_tiles(q, m, l, acc, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
+                                    rows, 0, full, n_k, qk_scale, HEAD_DIM, BLOCK_N, False, IS_CAUSAL)
+        m, l, acc = _fold_key_tiles(q, m, l, acc, K, V, stride_kn, stride_kd, stride_vn, stride_vd,
+                                    rows, full, end, n_k, qk_scale, HEAD_DIM, BLOCK_N, True, IS_CAUSAL)
         acc = acc / l[:, None]
         tl.store(O + rows[:, None] * stride_om + dims[None, :] * stride_od, acc.to(O.dtype.element_ty), mask=rows[:, None] < n_q)
 
@@ -120,8 +160,8 @@ def cuda_configs() -> list:
     """The tile sizes, warps and pipeline stages that ``triton.autotune`` tries on a GPU. Defined in lesson 05."""
     return [
         triton.Config({"BLOCK_M": block_m, "BLOCK_N": block_n}, num_warps=warps, num_stages=stages)
-        for block_m, block_n, warps in ((128, 64, 8), (128, 64, 4), (128, 32, 4), (64, 64, 4))
-        for stages in (2, 3)
+        for block_m, block_n, warps in ((128, 128, 8), (128, 64, 8), (128, 64, 4), (128, 32, 4), (64, 64, 4))
+        for stages in (2, 3, 4)
     ]
 
 

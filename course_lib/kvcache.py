@@ -20,8 +20,12 @@ for example :class:`course_lib.models.DecoderLM`.
 
 from __future__ import annotations
 
+from typing import Any, Callable
+
 import torch
 from torch import nn
+from torch.utils._python_dispatch import TorchDispatchMode
+from torch.utils._pytree import tree_flatten
 
 
 # --------------------------------------------------------------------------- the cache
@@ -273,3 +277,86 @@ def generate(
         if eos_id is not None and bool(finished.all()):
             break
     return ids
+
+
+# --------------------------------------------------------------------------- bytes read
+
+
+def _extent_bytes(t: torch.Tensor) -> int:
+    """Bytes of the memory a tensor covers: a broadcast (stride-0) view covers its source once."""
+    if t.numel() == 0:
+        return 0
+    span = 1 + sum((size - 1) * abs(stride) for size, stride in zip(t.shape, t.stride()))
+    return min(t.numel(), span) * t.element_size()
+
+
+class _BytesRead(TorchDispatchMode):
+    """Adds up the bytes of every tensor each operation takes as input."""
+
+    def __init__(self):
+        super().__init__()
+        self.total = 0
+        self.by_op: dict[str, int] = {}
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.is_view or func.overloadpacket.__name__ == "_unsafe_view":   # a view only re-describes memory
+            return func(*args, **(kwargs or {}))
+        read = sum(_extent_bytes(t) for t in tree_flatten((args, kwargs or {}))[0] if isinstance(t, torch.Tensor))
+        self.total += read
+        name = func.overloadpacket.__name__
+        self.by_op[name] = self.by_op.get(name, 0) + read
+        return func(*args, **(kwargs or {}))
+
+
+def bytes_read(fn: Callable[[], Any], by_op: bool = False) -> int | tuple[int, dict[str, int]]:
+    """Run ``fn()`` and count the bytes its tensor operations read: the sum over every operation of its inputs' bytes.
+
+    A model that generates one token reads all of its weights once (each matrix product
+    reads its weight) and, in every layer, the whole KV cache (the attention reads the
+    cached keys and values). This is the memory traffic that bounds decoding speed; the
+    count is exact for what PyTorch's operations are handed (a cache that grows by
+    ``torch.cat`` also reads the old cache to copy it; caches are not re-read inside one
+    kernel, and CPU caches are ignored). With ``by_op=True`` also returns the bytes per
+    operation name (``mm``, ``cat``, ``bmm``, ...). Defined in lesson 06.
+    """
+    with _BytesRead() as counter:
+        fn()
+    return (counter.total, dict(counter.by_op)) if by_op else counter.total
+
+
+# --------------------------------------------------------------------------- the size of a cache, from a config
+
+
+# The attention shape of published models, from each one's config.json on the Hugging Face Hub
+# (the keys a KV cache depends on; Falcon's ``multi_query: true`` written as one key/value head).
+PUBLISHED_CONFIGS: dict[str, dict[str, int]] = {
+    "Llama-2-7B": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 32},
+    "Llama-2-70B": {"hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8},
+    "Llama-3-8B": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8},
+    "Llama-3-70B": {"hidden_size": 8192, "num_hidden_layers": 80, "num_attention_heads": 64, "num_key_value_heads": 8},
+    "Mistral-7B": {"hidden_size": 4096, "num_hidden_layers": 32, "num_attention_heads": 32, "num_key_value_heads": 8},
+    "Qwen2.5-7B": {"hidden_size": 3584, "num_hidden_layers": 28, "num_attention_heads": 28, "num_key_value_heads": 4},
+    "Gemma-7B": {"hidden_size": 3072, "num_hidden_layers": 28, "num_attention_heads": 16, "num_key_value_heads": 16,
+                 "head_dim": 256},
+    "Falcon-7B": {"hidden_size": 4544, "num_hidden_layers": 32, "num_attention_heads": 71, "num_key_value_heads": 1},
+}
+
+
+def kv_cache_bytes_from_config(config: dict, seq_len: int, batch_size: int = 1, bytes_per_value: float = 2) -> int:
+    """Bytes of the KV cache of a model described by a Hugging Face ``config.json`` (a dict).
+
+    ``2 * num_hidden_layers * num_key_value_heads * head_dim * seq_len * batch_size * bytes_per_value``,
+    where a missing ``num_key_value_heads`` means multi-head attention (as many as
+    ``num_attention_heads``) and a missing ``head_dim`` means ``hidden_size // num_attention_heads``
+    (Gemma sets its own). Defined in lesson 06 (the formula is lesson 03's ``memory.kv_cache_bytes``).
+    """
+    from course_lib.memory import kv_cache_bytes
+
+    if not isinstance(config, dict):
+        raise ValueError(f"config must be a dict (a config.json), got {type(config).__name__}")
+    missing = {"num_hidden_layers", "num_attention_heads"} - set(config)
+    if missing or ("head_dim" not in config and "hidden_size" not in config):
+        raise ValueError(f"config needs num_hidden_layers, num_attention_heads and hidden_size or head_dim; missing {sorted(missing) or ['hidden_size']}")
+    n_kv = config.get("num_key_value_heads") or config["num_attention_heads"]
+    head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+    return kv_cache_bytes(config["num_hidden_layers"], n_kv, head_dim, seq_len, batch_size, bytes_per_value)

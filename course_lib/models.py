@@ -52,7 +52,7 @@ from __future__ import annotations
 import json
 import math
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import torch
@@ -64,6 +64,7 @@ from course_lib.attention import (
     MultiHeadAttention,
     attention_with_weights,
     causal_mask,
+    mean_pool_kv_heads,
     merge_heads,
     split_heads,
 )
@@ -515,6 +516,33 @@ def from_hf_llama(hf_model) -> DecoderLM:
     model = DecoderLM(from_llama_config(hf_model.config))
     model.to(hf_model.lm_head.weight.dtype)
     return _load_llama_state_dict(model, hf_model.state_dict()).eval()
+
+
+def convert_kv_heads(model: DecoderLM, n_kv_heads: int) -> DecoderLM:
+    """A copy of ``model`` with ``n_kv_heads`` key/value heads: MHA -> GQA -> MQA.
+
+    Every layer's key and value projections are merged by
+    :func:`course_lib.attention.mean_pool_kv_heads` (the mean of each group of heads); every
+    other weight is copied. ``n_kv_heads`` must divide the model's current number of
+    key/value heads. The copy is what the GQA paper starts its *uptraining* from: it is
+    worse than the original until trained a little more (lesson 06 measures by how much,
+    before and after). Returns a new :class:`DecoderLM` in eval mode; ``model`` is unchanged.
+    Defined in lesson 06.
+    """
+    if not isinstance(model, DecoderLM):
+        raise ValueError(f"model must be a DecoderLM, got {type(model).__name__}")
+    old = model.config.n_kv_heads
+    if isinstance(n_kv_heads, bool) or not isinstance(n_kv_heads, int) or n_kv_heads <= 0 or old % n_kv_heads:
+        raise ValueError(f"n_kv_heads must be a positive int dividing the model's {old} key/value heads, got {n_kv_heads!r}")
+    dtype = model.embed.weight.dtype
+    converted = DecoderLM(replace(model.config, n_kv_heads=n_kv_heads)).to(device=model.embed.weight.device, dtype=dtype)
+    state = model.state_dict()
+    for i in range(model.config.n_layers):
+        for name in ("k_proj", "v_proj"):
+            key = f"blocks.{i}.attn.{name}.weight"
+            state[key] = mean_pool_kv_heads(state[key], old, n_kv_heads)
+    converted.load_state_dict(state)
+    return converted.eval()
 
 
 def save_pretrained(model: DecoderLM, folder: str | os.PathLike) -> Path:

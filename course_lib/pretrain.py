@@ -14,6 +14,9 @@ beside it records the recipe, the training time and the quality measured on held
   answers questions about them, adds, subtracts and sorts.
 - ``course-lm-small``: a smaller model of the same family (lesson 10 distils the main
   model into a student of this size).
+- ``course-lm-mha``: ``course-lm-small`` with one key/value head per query head
+  (multi-head attention), trained the same way; lesson 06 converts it to grouped-query
+  attention and compares the result with ``course-lm-small``, trained with GQA from the start.
 """
 
 from __future__ import annotations
@@ -62,6 +65,10 @@ RECIPES: dict[str, Recipe] = {
     ),
     "course-lm-small": Recipe(
         model=_decoder(d_model=96, n_layers=3, n_heads=4, n_kv_heads=2, d_ff=256),
+        train=TrainConfig(steps=2400, lr=3e-3, min_lr=3e-4, warmup_steps=100, eval_every=200, seed=0),
+    ),
+    "course-lm-mha": Recipe(
+        model=_decoder(d_model=96, n_layers=3, n_heads=4, n_kv_heads=4, d_ff=256),
         train=TrainConfig(steps=2400, lr=3e-3, min_lr=3e-4, warmup_steps=100, eval_every=200, seed=0),
     ),
 }
@@ -139,6 +146,29 @@ def pretrain(name: str, out: Path = ASSETS, steps: int | None = None, progress: 
     }
     (folder / "training.json").write_text(json.dumps(record, indent=1) + "\n")
     return record
+
+
+def uptrain(model: DecoderLM, steps: int = 120, lr: float = 1e-3, seed: int = 1, progress: bool = True,
+            batch_size: int = 32, seq_len: int = 128):
+    """Continue training ``model`` in place on the course's training text for ``steps`` steps.
+
+    The GQA paper *uptrains* a converted checkpoint for a small fraction (5%) of its
+    pre-training steps; 120 steps are 5% of ``course-lm-small``'s 2,400. Short warm-up,
+    cosine decay from ``lr`` to ``lr / 10``, held-out loss at the start and the end. Returns
+    the :class:`course_lib.train.History`. Defined in lesson 06.
+    """
+    corpus = build_corpus(0)
+    tokenizer = course_tokenizer(0)
+    stream = token_stream(tokenizer, corpus.train_texts)
+    heldout = token_stream(tokenizer, corpus.heldout_texts)
+    eval_batches = [random_windows(heldout, batch_size, seq_len, torch.Generator().manual_seed(i)) for i in range(4)]
+    config = TrainConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=max(1, steps // 10), eval_every=steps,
+                         seed=seed, progress=progress)
+    model.train()
+    history = train(model, lambda m, batch: m.loss(batch),
+                    lambda g: random_windows(stream, batch_size, seq_len, g), config, eval_batches)
+    model.eval()
+    return history
 
 
 def main(argv: list[str] | None = None) -> int:

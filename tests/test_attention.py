@@ -8,6 +8,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
+from course_lib import attention
 from course_lib.attention import (
     MultiHeadAttention,
     attention_with_weights,
@@ -376,3 +377,39 @@ def test_mha_reproduces_a_pretrained_bert_layer():
     torch.testing.assert_close(mha.attention_weights * keep, out.attentions[0] * keep, atol=1e-5, rtol=1e-4)
     # the whole attention block of layer 0, compared on the real (non-padding) positions
     torch.testing.assert_close(ours[real], captured["block"][real], atol=1e-5, rtol=1e-4)
+
+
+# --------------------------------------------------------------------------- lesson 06: merging heads
+
+
+def test_mean_pool_kv_heads_averages_consecutive_heads():
+    w = torch.randn(6 * 4, 10, dtype=torch.float64)                  # 6 heads of 4 rows each
+    pooled = attention.mean_pool_kv_heads(w, 6, 2)
+    heads = w.reshape(6, 4, 10)
+    expected = torch.cat([heads[0:3].mean(0), heads[3:6].mean(0)])   # heads 0-2 -> 0, heads 3-5 -> 1
+    torch.testing.assert_close(pooled, expected)
+    torch.testing.assert_close(attention.mean_pool_kv_heads(w, 6, 6), w)
+    torch.testing.assert_close(attention.mean_pool_kv_heads(w, 6, 1), heads.mean(0))
+    bias = torch.arange(12.0)
+    torch.testing.assert_close(attention.mean_pool_kv_heads(bias, 4, 2), torch.tensor([1.5, 2.5, 3.5, 7.5, 8.5, 9.5]))
+
+
+@pytest.mark.parametrize(
+    "shape,n,new,match",
+    [((24, 10), 6, 4, "multiple of new_n_kv_heads"), ((25, 10), 6, 2, r"\(n_kv_heads \* head_dim, d_model\)"),
+     ((24, 10), 0, 1, "positive int"), ((2, 12, 10), 6, 2, r"\(n_kv_heads \* head_dim, d_model\)")],
+)
+def test_mean_pool_kv_heads_rejects_bad_inputs(shape, n, new, match):
+    with pytest.raises(ValueError, match=match):
+        attention.mean_pool_kv_heads(torch.randn(shape), n, new)
+
+
+def test_grouped_attention_matches_repeat_kv_with_a_mask_and_batch_dims():
+    q = torch.randn(2, 8, 5, 16, dtype=torch.float64)
+    k, v = (torch.randn(2, 2, 7, 16, dtype=torch.float64) for _ in range(2))
+    mask = torch.rand(2, 1, 5, 7) > 0.3
+    ours, weights = attention.attention_with_weights(q, k, v, attn_mask=mask, enable_gqa=True)
+    expected = F.scaled_dot_product_attention(q, attention.repeat_kv(k, 4), attention.repeat_kv(v, 4),
+                                              attn_mask=mask)
+    torch.testing.assert_close(ours, expected)
+    assert weights.shape == (2, 8, 5, 7)

@@ -1,29 +1,38 @@
-"""The benchmarks run (quick sizes on the CPU here; full sizes with `make gpu-check`)."""
+"""The benchmark scripts run (quick sizes on the CPU here; full sizes with `make gpu-check`)."""
 
 import re
 
 import pytest
 import torch
 
-from bench import attention, run_all
+from bench import attention, decode, run_all
+
+
+def _data_rows(table: str) -> list[list[str]]:
+    return [[c.strip() for c in l.strip().strip("|").split("|")] for l in table.splitlines() if re.match(r"^\| \d+ ", l)]
 
 
 def test_attention_bench_prints_ratios_on_cpu():
-    table = attention.run(quick=True, device=torch.device("cpu"))
-    rows = [l for l in table.splitlines() if re.match(r"^\| \d+ \|", l)]
-    assert len(rows) == 4
+    rows = _data_rows(attention.run(quick=True, device=torch.device("cpu")))
+    assert len(rows) == 4                                   # 2 lengths x causal or not
     for row in rows:
-        ratio = float(row.split("|")[5])
-        assert ratio > 0
+        assert all(float(x) > 0 for x in row[-2:])          # the ratio columns
+
+
+def test_decode_bench_prints_ratios_on_cpu():
+    table = decode.run(quick=True, device=torch.device("cpu"))
+    rows = _data_rows(table)
+    assert [r[0] for r in rows] == ["32 (MHA)", "8 (GQA)", "1 (MQA)"] and rows[0][3] == "1.00"
 
 
 def test_run_all_writes_a_results_file(tmp_path):
     out = tmp_path / "results.md"
     assert run_all.main(["--out", str(out), "--quick"]) == 0
-    assert "course_lib / SDPA time" in out.read_text()
+    text = out.read_text()
+    assert "Attention forward on CPU" in text and "One decode step of attention" in text
 
 
 @pytest.mark.gpu
 def test_attention_bench_on_cuda():
     table = attention.run(quick=True, device=torch.device("cuda"))
-    assert "bfloat16" in table and table.count("\n| ") >= 5
+    assert "bfloat16" in table and "SDPA cuDNN" in table and len(_data_rows(table)) == 8

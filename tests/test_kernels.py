@@ -163,6 +163,22 @@ def test_interpreter_never_loads_key_tiles_after_the_diagonal(interpreter):
 
 
 @needs_triton
+@pytest.mark.parametrize("block_m,block_n", [(32, 16), (64, 16), (16, 16)])
+@pytest.mark.parametrize("n_q,n_k", [(70, 70), (50, 90), (90, 50)])
+def test_interpreter_unequal_tiles_as_on_a_gpu(interpreter, block_m, block_n, n_q, n_k):
+    """The GPU configurations use BLOCK_M = 2 BLOCK_N (128 x 64): the unmasked and masked key loops must meet exactly."""
+    q, k, v = random_qkv(1, 2, n_q, n_k, 16, torch.float32)
+    for is_causal in (False, True):
+        o = torch.empty_like(q)
+        grid = (-(-n_q // block_m), 2)
+        kernels._attention_forward[grid](
+            q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(), 2, n_q, n_k, kernels.LOG2_E / 4.0,
+            HEAD_DIM=16, BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=is_causal,
+        )
+        torch.testing.assert_close(o, reference(q, k, v, is_causal), atol=1e-5, rtol=1e-4)
+
+
+@needs_triton
 def test_interpreter_empty_query(interpreter):
     q, k, v = random_qkv(1, 1, 0, 5, 16, torch.float32)
     assert flash_attention_triton(q, k, v).shape == (1, 1, 0, 16)
@@ -272,3 +288,20 @@ def test_gpu_strided_inputs(compiled):
     q, k, v = (t.transpose(1, 2) for t in (torch.randn(2, 1024, 8, 64, device="cuda", dtype=torch.float16) for _ in range(3)))
     out = flash_attention_triton(q, k, v, is_causal=True)
     torch.testing.assert_close(out.float(), reference(q, k, v, True), atol=8e-3, rtol=8e-3)
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_kernel_meets_the_speed_floor(compiled):
+    """Lesson 05's target at 4k-16k: at least PyTorch's FlashAttention-2 and 0.7x its cuDNN back-end."""
+    from course_lib.benchmark import attention_benchmark
+
+    names = ("course Triton", "SDPA flash (FA2)", "SDPA cuDNN")
+    rows = attention_benchmark((4096, 16384), (64, 128), (False, True), names=names, progress=False)
+    by = {}
+    for r in rows:
+        by.setdefault((r["n"], r["head_dim"], r["causal"]), {})[r["name"]] = r["tflops"]
+    for config, t in by.items():
+        assert t["course Triton"] >= 1.0 * t["SDPA flash (FA2)"], (config, t)
+        if t["SDPA cuDNN"] is not None:
+            assert t["course Triton"] >= 0.7 * t["SDPA cuDNN"], (config, t)

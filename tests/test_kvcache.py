@@ -251,3 +251,67 @@ def test_generate_rejects_bad_arguments():
     with pytest.raises(ValueError, match="max_new_tokens must be an int >= 0"):
         generate(model, prompt(), -1)
     assert torch.equal(generate(model, prompt(), 0), prompt())
+
+
+# --------------------------------------------------------------------------- lesson 06: bytes read per token
+
+from course_lib.kvcache import bytes_read  # noqa: E402
+
+
+def test_bytes_read_counts_the_inputs_of_each_operation():
+    x, w = torch.randn(3, 100), torch.randn(50, 100)
+    assert bytes_read(lambda: x @ w.T) == (300 + 5000) * 4
+    big = torch.randn(1000)
+    assert bytes_read(lambda: big.expand(64, 1000).sum()) == 4000        # a broadcast view covers its source once
+    total, by_op = bytes_read(lambda: torch.cat([x, x]).sum(), by_op=True)
+    assert by_op["cat"] == 2 * 1200 and by_op["sum"] == 2400 and total == 4800
+
+
+@pytest.mark.parametrize("n_kv", [4, 2, 1])
+def test_decoding_reads_the_weights_once_and_the_cache(n_kv):
+    """Each new token reads every weight once and each cached key and value twice (copy, attend), GQA included."""
+    model = tiny_decoder(n_kv_heads=n_kv, max_seq_len=128)
+    config = model.config
+    weights = sum(p.numel() * 4 for n, p in model.named_parameters() if "embed" not in n)   # the embedding row is gathered
+    reads = {}
+    for context in (20, 60):
+        cache = KVCache(config.n_layers)
+        with torch.no_grad():
+            decode_step(model, torch.randint(0, VOCAB, (1, context)), cache)
+            reads[context] = bytes_read(lambda: decode_step(model, torch.tensor([[5]]), cache), by_op=True)
+    assert reads[20][0] > weights
+    per_position = {op: (reads[60][1].get(op, 0) - reads[20][1].get(op, 0)) / 40 for op in reads[60][1]}
+    cache_per_position = 2 * config.n_layers * n_kv * config.head_dim * 4
+    probabilities_per_position = config.n_layers * config.n_heads * 4
+    assert per_position["cat"] == cache_per_position                 # the cache grows by copying the old one
+    assert per_position["bmm"] == cache_per_position + probabilities_per_position   # q K^T and P V read K and V once
+    other = sum(per_position.values()) - per_position["cat"] - per_position["bmm"]
+    assert other <= 12 * probabilities_per_position                   # softmax and mask: one row of scores per head
+
+
+# --------------------------------------------------------------------------- lesson 06: cache size from a config
+
+from course_lib.kvcache import PUBLISHED_CONFIGS, kv_cache_bytes_from_config  # noqa: E402
+
+
+def test_kv_cache_bytes_from_published_configs():
+    gib = lambda name, seq: kv_cache_bytes_from_config(PUBLISHED_CONFIGS[name], seq) / 2**30  # noqa: E731
+    assert gib("Llama-2-7B", 4096) == 2.0            # 2 * 32 * 32 * 128 * 4096 * 2 bytes
+    assert gib("Llama-3-8B", 4096) == 0.5            # GQA-8: a quarter
+    assert gib("Gemma-7B", 8192) == 2 * 28 * 16 * 256 * 8192 * 2 / 2**30   # head_dim 256, not 3072 / 16
+    assert kv_cache_bytes_from_config({"num_hidden_layers": 2, "num_attention_heads": 4, "hidden_size": 64}, 10, 3, 4) \
+        == 2 * 2 * 4 * 16 * 10 * 3 * 4               # no num_key_value_heads: MHA
+    with pytest.raises(ValueError, match="num_hidden_layers"):
+        kv_cache_bytes_from_config({"hidden_size": 64}, 10)
+
+
+def test_kv_cache_bytes_from_config_is_what_transformers_allocates():
+    transformers = pytest.importorskip("transformers")
+    for extra in ({"num_key_value_heads": 2}, {"num_key_value_heads": 1, "head_dim": 24}, {}):
+        config = {"hidden_size": 64, "num_hidden_layers": 3, "num_attention_heads": 4, "intermediate_size": 96,
+                  "vocab_size": 50, **extra}
+        model = transformers.LlamaForCausalLM(transformers.LlamaConfig(**config)).eval()
+        with torch.no_grad():
+            cache = model(torch.zeros(2, 11, dtype=torch.long), use_cache=True).past_key_values
+        allocated = sum(t.numel() * t.element_size() for layer in cache.layers for t in (layer.keys, layer.values))
+        assert kv_cache_bytes_from_config(config, seq_len=11, batch_size=2, bytes_per_value=4) == allocated

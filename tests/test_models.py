@@ -585,3 +585,45 @@ def test_differences_note_names_what_differs_from_bert_and_t5():
     for phrase in ["post-LN", "token-type", "relative", "RMSNorm", "Pre-norm", "learned absolute", "1/sqrt(head_dim)"]:
         assert phrase in DIFFERENCES, phrase
     assert DIFFERENCES in models.__doc__
+
+
+# --------------------------------------------------------------------------- lesson 06: MHA -> GQA
+
+
+def test_convert_kv_heads_is_exact_when_the_heads_of_a_group_agree():
+    """If the heads of each group already have equal K and V weights, merging them changes nothing."""
+    mha = tiny_decoder(n_kv_heads=4).double()
+    with torch.no_grad():
+        for block in mha.blocks:
+            for proj in (block.attn.k_proj, block.attn.v_proj):
+                heads = proj.weight.view(4, 8, 32)
+                heads[1] = heads[0]
+                heads[3] = heads[2]
+    gqa = models.convert_kv_heads(mha, 2)
+    assert gqa.config.n_kv_heads == 2 and gqa.blocks[0].attn.k_proj.weight.shape == (16, 32)
+    ids = torch.randint(0, VOCAB, (2, 20), generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        torch.testing.assert_close(gqa(ids), mha(ids))
+
+
+def test_convert_kv_heads_pools_every_layer_and_copies_the_rest():
+    mha = tiny_decoder(n_kv_heads=4, tie_embeddings=True)
+    mqa = models.convert_kv_heads(mha, 1)
+    assert mha.config.n_kv_heads == 4 and mha.blocks[1].attn.k_proj.weight.shape == (32, 32)   # unchanged
+    for old, new in zip(mha.blocks, mqa.blocks):
+        torch.testing.assert_close(new.attn.v_proj.weight, old.attn.v_proj.weight.view(4, 8, 32).mean(0))
+        torch.testing.assert_close(new.attn.q_proj.weight, old.attn.q_proj.weight)
+        torch.testing.assert_close(new.mlp.up_proj.weight, old.mlp.up_proj.weight)
+    assert mqa.num_parameters() == mha.num_parameters() - 2 * 2 * 3 * 8 * 32
+    assert mqa.lm_head.weight is mqa.embed.weight                         # still tied
+    ids = torch.randint(0, VOCAB, (1, 12), generator=torch.Generator().manual_seed(2))
+    hf = models.to_hf_llama(mqa)                                          # a valid Llama with one kv head
+    with torch.no_grad():
+        assert (hf(ids).logits - mqa(ids)).abs().max() < 1e-4
+
+
+def test_convert_kv_heads_rejects_what_does_not_divide():
+    with pytest.raises(ValueError, match="dividing the model's 2 key/value heads"):
+        models.convert_kv_heads(tiny_decoder(), 4)
+    with pytest.raises(ValueError, match="must be a DecoderLM"):
+        models.convert_kv_heads(torch.nn.Linear(2, 2), 1)

@@ -19,10 +19,12 @@ from course_lib.tokenizer import BPETokenizer, course_tokenizer
 NAMES = sorted(pretrain.RECIPES)
 # What each checkpoint must reach on held-out data. Measured on the shipped weights (see each
 # training.json): course-lm perplexity 2.29, questions 0.92, sums 0.75 and sorting 0.975 on these
-# subsets; course-lm-small 2.30, 0.955, 0.88, 0.985. Chance is far below every threshold.
+# subsets; course-lm-small 2.30, 0.955, 0.88, 0.985; course-lm-mha 2.31, 0.975, 0.90, 0.996.
+# Chance is far below every threshold.
 MINIMUM = {
     "course-lm": {"heldout_perplexity_max": 2.4, "qa_heldout": 0.85, "arithmetic": 0.65, "sorting": 0.9},
     "course-lm-small": {"heldout_perplexity_max": 2.4, "qa_heldout": 0.85, "arithmetic": 0.8, "sorting": 0.9},
+    "course-lm-mha": {"heldout_perplexity_max": 2.4, "qa_heldout": 0.85, "arithmetic": 0.8, "sorting": 0.9},
 }
 
 
@@ -99,3 +101,26 @@ def test_pretrain_runs_end_to_end_in_a_few_steps(tmp_path):
 def test_unknown_recipe_is_a_clear_error():
     with pytest.raises(ValueError, match="name must be one of"):
         pretrain.pretrain("gpt-5")
+
+
+def test_course_lm_mha_is_course_lm_small_with_one_kv_head_per_query_head():
+    mha, gqa = pretrain.RECIPES["course-lm-mha"], pretrain.RECIPES["course-lm-small"]
+    assert mha.model.n_kv_heads == mha.model.n_heads and gqa.model.n_kv_heads < gqa.model.n_heads
+    assert mha.model.__class__(**{**gqa.model.__dict__, "n_kv_heads": mha.model.n_heads}) == mha.model
+    assert mha.train == gqa.train and mha.batch_size == gqa.batch_size and mha.seq_len == gqa.seq_len
+
+
+def test_uptraining_a_converted_checkpoint_lowers_its_loss():
+    """Lesson 06: mean-pooled MQA is worse than the MHA original; a few uptraining steps recover some of it."""
+    from course_lib.train import evaluate, random_windows
+
+    tokenizer, corpus = course_tokenizer(0), build_corpus(0)
+    heldout = pretrain.token_stream(tokenizer, corpus.heldout_texts[:200])
+    batches = [random_windows(heldout, 16, 128, torch.Generator().manual_seed(i)) for i in range(2)]
+    loss = lambda m: evaluate(m, lambda model, b: model.loss(b), batches)  # noqa: E731
+    mha = models.load_pretrained("course-lm-mha")
+    mqa = models.convert_kv_heads(mha, 1)
+    before = loss(mqa)
+    assert before > loss(mha)
+    history = pretrain.uptrain(mqa, steps=12, lr=1e-3, progress=False, batch_size=8)
+    assert len(history.train_loss) == 12 and loss(mqa) < before
