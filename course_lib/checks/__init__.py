@@ -4,4 +4,9 @@
 - ``attention``  lesson 01
 - ``tokenizer``  lesson 02 (a BPE merge step)
 - ``models``     lesson 02 (next-token loss, masking rule, cached generation)
+- ``memory``     lesson 03 (parameters, model states, KV-cache bytes)
+- ``formats``    lesson 04 (fp16 decoding, rounding to bf16)
+- ``quant``      lesson 04 (absmax int8, per-block int4)
+- ``flash``      lesson 05 (online softmax update, one tile step, causal tile skipping)
+- ``kvcache``    lesson 06 (repeat K/V heads, KV-cache bytes from a config, a cached decode step)
 """

@@ -1,0 +1,339 @@
+"""Checks for the exercises of lesson 05 (FlashAttention).
+
+Each ``check_*`` function takes the learner's function, calls it on fresh random inputs
+(and on edge cases), compares with the reference in :mod:`course_lib.flash`, with
+``torch.softmax`` or with PyTorch's ``scaled_dot_product_attention``, and raises
+``AssertionError`` with an explanation when something is off. ``seed`` reproduces a
+failing run.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+from course_lib import flash as ref
+from course_lib.attention import causal_mask
+from course_lib.checks.common import call, expect_tensor, new_generator, randint, refuse_reference
+
+_DTYPES = (torch.float32, torch.float64)
+_NEG_INF = float("-inf")
+
+
+def _tolerances(dtype: torch.dtype, loose: bool = False) -> dict:
+    """float64: ``assert_close``'s defaults; float32: room for a different order of the same operations."""
+    if dtype == torch.float64:
+        return {}
+    return {"rtol": 1e-4, "atol": 1e-4} if loose else {"rtol": 1e-5, "atol": 1e-5}
+
+
+def _expect_state(got, expected, what: str, **tol) -> None:
+    """``got`` must be a tuple ``(m, l, acc)`` of tensors equal to ``expected``."""
+    if not isinstance(got, (tuple, list)) or len(got) != 3:
+        raise AssertionError(f"{what} should return a tuple (m_new, l_new, acc_new) of three tensors, got {type(got).__name__}")
+    for name, g, e in zip(("m_new", "l_new", "acc_new"), got, expected):
+        expect_tensor(g, e, f"{what}, its {name}", **tol)
+
+
+def _initial_state(batch_shape, n_q, ev, dtype):
+    """The state before the first tile: ``m = -inf``, ``l = 0``, ``acc = 0``."""
+    m = torch.full((*batch_shape, n_q), _NEG_INF, dtype=dtype)
+    return m, torch.zeros(*batch_shape, n_q, dtype=dtype), torch.zeros(*batch_shape, n_q, ev, dtype=dtype)
+
+
+def _random_scores(gen, shape, dtype, masked_fraction: float = 0.0, spread: float | None = None, offset: float = 0.0):
+    """Random scores with a random spread; a fraction of them ``-inf`` (masked)."""
+    if spread is None:
+        spread = float(torch.empty(1, dtype=torch.float64).uniform_(0.5, 20.0, generator=gen))
+    scores = torch.randn(shape, generator=gen, dtype=torch.float64) * spread + offset
+    if masked_fraction > 0:
+        scores = scores.masked_fill(torch.rand(shape, generator=gen, dtype=torch.float64) < masked_fraction, _NEG_INF)
+    return scores.to(dtype)
+
+
+def _randn(gen, *shape, dtype):
+    return torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
+
+
+def _random_state(gen, batch_shape, n_q, ev, dtype):
+    """A running state as after one earlier tile (computed by the reference); some rows may still be empty."""
+    n_k = randint(gen, 1, 5)
+    scores = _random_scores(gen, (*batch_shape, n_q, n_k), dtype, masked_fraction=0.2)
+    v = _randn(gen, *batch_shape, n_k, ev, dtype=dtype)
+    return ref.online_softmax_update(*_initial_state(batch_shape, n_q, ev, dtype), scores, v)
+
+
+# --------------------------------------------------------------------------- online softmax
+
+
+def check_online_softmax_update(online_softmax_update, seed: int | None = None, n_cases: int = 12) -> None:
+    """``online_softmax_update(m, l, acc, scores, v)`` against the reference, then folded over many tiles.
+
+    Random batch shapes, float32 and float64, the first tile (``m = -inf``) and later
+    tiles, tiles that raise the running maximum and tiles that do not, masked (``-inf``)
+    scores. Then the tiles of random score matrices are folded one after the other from
+    the empty state: ``acc / l`` must equal ``softmax(scores) @ v``.
+    """
+    refuse_reference(online_softmax_update, ref.online_softmax_update, "online_softmax_update")
+    gen, seed = new_generator(seed)
+    for case in range(n_cases):
+        dtype = _DTYPES[case % 2]
+        batch_shape = tuple(randint(gen, 1, 3) for _ in range(randint(gen, 0, 2)))
+        n_q, n_k, ev = randint(gen, 1, 6), randint(gen, 1, 6), randint(gen, 1, 5)
+        first = case % 3 == 0
+        state = _initial_state(batch_shape, n_q, ev, dtype) if first else _random_state(gen, batch_shape, n_q, ev, dtype)
+        offset = float(torch.empty(1, dtype=torch.float64).uniform_(-10.0, 10.0, generator=gen))  # new max above or below
+        scores = _random_scores(gen, (*batch_shape, n_q, n_k), dtype, masked_fraction=0.25 if case % 2 else 0.0, offset=offset)
+        if first and case % 2:
+            scores[..., randint(gen, 0, n_q - 1), :] = _NEG_INF  # a query that sees no key yet: no nan
+        v = _randn(gen, *batch_shape, n_k, ev, dtype=dtype)
+        what = (
+            f"online_softmax_update(m, l, acc, scores, v) with scores {tuple(scores.shape)}, v {tuple(v.shape)}, {dtype}, "
+            f"{'the first tile (m = -inf, l = 0, acc = 0)' if first else 'a later tile'} (seed {seed})"
+        )
+        got = call(online_softmax_update, *state, scores, v, what=what)
+        _expect_state(got, ref.online_softmax_update(*state, scores, v), what, **_tolerances(dtype))
+    for case in range(4):
+        _check_folding(online_softmax_update, gen, seed, _DTYPES[case % 2])
+
+
+def _check_folding(online_softmax_update, gen, seed, dtype) -> None:
+    """Fold random tiles of one score matrix from the empty state; compare with softmax(scores) @ v."""
+    batch_shape = (randint(gen, 1, 2),)
+    n_q, n_k, ev = randint(gen, 1, 5), randint(gen, 2, 17), randint(gen, 1, 4)
+    scores = _random_scores(gen, (*batch_shape, n_q, n_k), dtype, masked_fraction=0.2)
+    scores[..., 0] = _random_scores(gen, (*batch_shape, n_q), dtype)  # every row sees key 0: softmax is defined
+    v = _randn(gen, *batch_shape, n_k, ev, dtype=dtype)
+    cuts, start = [], 0
+    while start < n_k:
+        cuts.append((start, min(n_k, start + randint(gen, 1, 5))))
+        start = cuts[-1][1]
+    what = (
+        f"online_softmax_update folded over the key tiles {cuts} of scores {tuple(scores.shape)}, {dtype}, "
+        f"starting from m = -inf, l = 0, acc = 0 (seed {seed})"
+    )
+    state = _initial_state(batch_shape, n_q, ev, dtype)
+    for k_start, k_end in cuts:
+        got = call(online_softmax_update, *state, scores[..., k_start:k_end], v[..., k_start:k_end, :], what=what)
+        if not isinstance(got, (tuple, list)) or len(got) != 3:
+            raise AssertionError(f"{what}: should return a tuple (m_new, l_new, acc_new), got {type(got).__name__}")
+        state = tuple(got)
+    m, l, acc = state
+    expect_tensor(m, scores.amax(dim=-1), f"{what}: the final m (the row maximum of all scores)", **_tolerances(dtype))
+    expected_l = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).sum(dim=-1)
+    expect_tensor(l, expected_l, f"{what}: the final l", **_tolerances(dtype, loose=True))
+    expect_tensor(acc, torch.softmax(scores, dim=-1) @ v * expected_l.unsqueeze(-1), f"{what}: the final acc", **_tolerances(dtype, loose=True))
+    expect_tensor(acc / l.unsqueeze(-1), torch.softmax(scores, dim=-1) @ v,
+                  f"{what}: acc / l at the end (should be softmax(scores) @ v)", **_tolerances(dtype, loose=True))
+
+
+def check_online_softmax_update_edge_cases(online_softmax_update) -> None:
+    """Huge scores, a fully masked row before and after the first tile, a one-key tile, a row of one query."""
+    inf = _NEG_INF
+    m0, l0, acc0 = _initial_state((), 2, 2, torch.float32)
+    v = torch.tensor([[1.0, 2.0], [3.0, -4.0]])
+    cases = [
+        ("scores in the thousands on the first tile", (m0, l0, acc0), torch.tensor([[1000.0, 999.0], [-1000.0, -1001.0]]), v),
+        ("a fully masked row on the first tile (it must stay m = -inf, l = 0, acc = 0, not nan)",
+         (m0, l0, acc0), torch.tensor([[inf, inf], [0.5, inf]]), v),
+        ("a fully masked row after a finite state (nothing may change)",
+         (torch.tensor([2.0, -1.0]), torch.tensor([1.5, 1.0]), torch.tensor([[1.0, 1.0], [0.0, 2.0]])), torch.tensor([[inf, inf], [inf, inf]]), v),
+        ("a tile that raises the maximum by 50 (the old state must shrink by exp(-50))",
+         (torch.tensor([0.0, 0.0]), torch.tensor([2.0, 3.0]), torch.tensor([[1.0, -1.0], [2.0, 2.0]])), torch.tensor([[50.0, 49.0], [50.0, inf]]), v),
+        ("a tile whose scores are all below the running maximum (no rescaling of the state)",
+         (torch.tensor([5.0, 7.0]), torch.tensor([1.0, 2.0]), torch.tensor([[0.5, 0.5], [1.0, -1.0]])), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), v),
+        ("a tile of a single key", (m0, l0, acc0), torch.tensor([[0.3], [-2.0]]), v[:1]),
+        ("huge scores in float64", tuple(t.double() for t in (m0, l0, acc0)), torch.tensor([[800.0, -800.0], [700.0, 710.0]], dtype=torch.float64), v.double()),
+    ]
+    for name, state, scores, values in cases:
+        what = f"online_softmax_update on {name}: m={state[0].tolist()}, l={state[1].tolist()}, scores={scores.tolist()}"
+        got = call(online_softmax_update, *state, scores, values, what=what)
+        _expect_state(got, ref.online_softmax_update(*state, scores, values), what)
+    # one query row, three tiles of two keys, folded one after the other
+    m, l, acc = _initial_state((1,), 1, 1, torch.float64)
+    scores = torch.tensor([[[3.0, -1.0, 2.0, 8.0, 0.0, 1.0]]], dtype=torch.float64)
+    values = torch.arange(6, dtype=torch.float64).reshape(1, 6, 1)
+    for k_start in range(0, 6, 2):
+        tile, tile_v = scores[..., k_start:k_start + 2], values[:, k_start:k_start + 2]
+        what = f"online_softmax_update on one query row, the tile of keys {k_start} and {k_start + 1} of scores {scores.tolist()}"
+        got = call(online_softmax_update, m, l, acc, tile, tile_v, what=what)
+        _expect_state(got, ref.online_softmax_update(m, l, acc, tile, tile_v), what)
+        m, l, acc = ref.online_softmax_update(m, l, acc, tile, tile_v)
+
+
+# --------------------------------------------------------------------------- one tile of the forward pass
+
+
+def _random_scale(gen, e: int) -> float:
+    """A score scale clearly unlike both 1 and 1/sqrt(E), so that forgetting the argument shows."""
+    low = bool(torch.rand(1, generator=gen) < 0.5)
+    c = float(torch.empty(1, dtype=torch.float64).uniform_(*((0.3, 0.7) if low else (1.4, 2.0)), generator=gen))
+    scale = c / math.sqrt(e)
+    return scale if abs(scale - 1.0) > 0.1 else scale * 0.5
+
+
+def check_forward_tile_step(forward_tile_step, seed: int | None = None, n_cases: int = 12) -> None:
+    """``forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None)`` against the reference, then folded.
+
+    Random shapes, float32 and float64, the first and later tiles, a scale that is neither
+    1 nor ``1/sqrt(E)``, no mask and random boolean masks (some rows allowed no key at all).
+    Then a whole attention is computed tile by tile with the function and compared with
+    ``torch.nn.functional.scaled_dot_product_attention``, causal and not.
+    """
+    refuse_reference(forward_tile_step, ref.forward_tile_step, "forward_tile_step")
+    gen, seed = new_generator(seed)
+    for case in range(n_cases):
+        dtype = _DTYPES[case % 2]
+        batch_shape = tuple(randint(gen, 1, 3) for _ in range(randint(gen, 0, 2)))
+        bq, bk, e, ev = randint(gen, 1, 6), randint(gen, 1, 6), randint(gen, 1, 9), randint(gen, 1, 5)
+        q = _randn(gen, *batch_shape, bq, e, dtype=dtype) * 2
+        k = _randn(gen, *batch_shape, bk, e, dtype=dtype) * 2
+        v = _randn(gen, *batch_shape, bk, ev, dtype=dtype)
+        first = case % 3 == 0
+        state = _initial_state(batch_shape, bq, ev, dtype) if first else _random_state(gen, batch_shape, bq, ev, dtype)
+        scale = _random_scale(gen, e)
+        mask = None
+        if case % 4 != 0:
+            mask = torch.rand(bq, bk, generator=gen) < 0.6
+            if case % 4 == 3:
+                mask[randint(gen, 0, bq - 1)] = False  # one query may see no key of this tile
+        what = (
+            f"forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale={scale:.4f}, mask) with q_tile {tuple(q.shape)}, "
+            f"k_tile {tuple(k.shape)}, v_tile {tuple(v.shape)}, {dtype}, mask {'None' if mask is None else mask.int().tolist()}, "
+            f"{'the first tile' if first else 'a later tile'} (seed {seed})"
+        )
+        got = call(forward_tile_step, q, k, v, *state, scale, mask=mask, what=what)
+        _expect_state(got, ref.forward_tile_step(q, k, v, *state, scale, mask), what, **_tolerances(dtype, loose=True))
+    q, k, v = (_randn(gen, 2, 3, 4, dtype=torch.float32) for _ in range(3))
+    state = _initial_state((2,), 3, 4, torch.float32)
+    what = "forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, 0.5) called without mask"
+    _expect_state(call(forward_tile_step, q, k, v, *state, 0.5, what=what), ref.forward_tile_step(q, k, v, *state, 0.5), what, **_tolerances(torch.float32, True))
+    for case in range(4):
+        _check_tiled_attention(forward_tile_step, gen, seed, dtype=_DTYPES[case % 2], is_causal=case >= 2)
+
+
+def _check_tiled_attention(forward_tile_step, gen, seed, dtype, is_causal) -> None:
+    """A whole attention from ``forward_tile_step`` over every (query tile, key tile): equals SDPA."""
+    b, h, e = randint(gen, 1, 2), randint(gen, 1, 2), randint(gen, 2, 8)
+    n = randint(gen, 5, 24)
+    block_q, block_k = randint(gen, 2, 7), randint(gen, 2, 7)
+    q, k, v = (_randn(gen, b, h, n, e, dtype=dtype) for _ in range(3))
+    scale = 1.0 / math.sqrt(e)
+    what = (
+        f"attention computed tile by tile with your forward_tile_step: q, k, v {(b, h, n, e)}, {dtype}, "
+        f"tiles of {block_q} queries x {block_k} keys, is_causal={is_causal} (seed {seed})"
+    )
+    rows = []
+    for q_start in range(0, n, block_q):
+        q_end = min(n, q_start + block_q)
+        state = _initial_state((b, h), q_end - q_start, e, dtype)
+        for k_start in range(0, n, block_k):
+            k_end = min(n, k_start + block_k)
+            mask = causal_mask(q_end - q_start, k_end - k_start, offset=q_start - k_start) if is_causal else None
+            got = call(forward_tile_step, q[..., q_start:q_end, :], k[..., k_start:k_end, :], v[..., k_start:k_end, :],
+                       *state, scale, mask=mask, what=what)
+            if not isinstance(got, (tuple, list)) or len(got) != 3:
+                raise AssertionError(f"{what}: forward_tile_step should return a tuple (m, l, acc), got {type(got).__name__}")
+            state = tuple(got)
+        m, l, acc = state
+        if type(l) is not torch.Tensor or type(acc) is not torch.Tensor:
+            raise AssertionError(f"{what}: forward_tile_step should return tensors (m, l, acc)")
+        rows.append(acc / l.unsqueeze(-1))
+    expect_tensor(torch.cat(rows, dim=-2), F.scaled_dot_product_attention(q, k, v, is_causal=is_causal), f"{what}: acc / l", **_tolerances(dtype, True))
+
+
+def check_forward_tile_step_edge_cases(forward_tile_step) -> None:
+    """Large scores, a query with no allowed key on the first tile, a scale of 1, a 1 x 1 tile."""
+    gen, _ = new_generator(5)
+    q = _randn(gen, 3, 8, dtype=torch.float32) * 30
+    k = _randn(gen, 4, 8, dtype=torch.float32) * 30
+    v = _randn(gen, 4, 2, dtype=torch.float32)
+    fresh = _initial_state((), 3, 2, torch.float32)
+    mask = torch.tensor([[True, False, True, True], [False, False, False, False], [True, True, True, True]])
+    cases = [
+        ("scores in the hundreds", q, k, v, fresh, 1 / math.sqrt(8), None),
+        ("a query that may see no key of the first tile (its m stays -inf, l and acc 0, no nan)", q / 30, k / 30, v, fresh, 0.35, mask),
+        ("scale = 1", q / 30, k / 30, v, fresh, 1.0, None),
+        ("a 1 x 1 tile in float64", q[:1, :].double() / 30, k[:1].double() / 30, v[:1].double(), _initial_state((), 1, 2, torch.float64), 0.25,
+         torch.tensor([[True]])),
+    ]
+    for name, qt, kt, vt, state, scale, m in cases:
+        what = f"forward_tile_step on {name}"
+        got = call(forward_tile_step, qt, kt, vt, *state, scale, mask=m, what=what)
+        _expect_state(got, ref.forward_tile_step(qt, kt, vt, *state, scale, m), what, **_tolerances(qt.dtype, True))
+
+
+# --------------------------------------------------------------------------- causal tile skipping
+
+
+def _brute_force_skip(q_start: int, q_end: int, k_start: int, k_end: int) -> bool:
+    """True iff no query i in [q_start, q_end) may see any key j in [k_start, k_end) (j <= i)."""
+    return not any(j <= i for i in range(q_start, q_end) for j in range(k_start, k_end))
+
+
+def _expect_bool(got, expected: bool, what: str) -> None:
+    if type(got) is not bool:
+        raise AssertionError(f"{what} should return a Python bool (True or False), got {type(got).__name__} ({got!r}); try bool(...)")
+    if got != expected:
+        reason = "no query of the tile may see any of its keys" if expected else "some query of the tile may see one of its keys"
+        raise AssertionError(f"{what} should be {expected}: {reason}, got {got}")
+
+
+def check_causal_tile_skip(causal_tile_skip, seed: int | None = None) -> None:
+    """``causal_tile_skip(q_start, q_end, k_start)`` on every small tile, then on random long-sequence tiles.
+
+    Compared with the definition: skip iff there is no pair ``(i, j)`` with
+    ``q_start <= i < q_end``, ``k_start <= j < k_end`` and ``j <= i`` (the answer does not
+    depend on ``k_end > k_start``, which is why the function does not take it).
+    """
+    refuse_reference(causal_tile_skip, ref.causal_tile_skip, "causal_tile_skip")
+    gen, seed = new_generator(seed)
+    for q_start in range(0, 9):
+        for q_end in range(q_start + 1, q_start + 7):
+            for k_start in range(0, 17):
+                k_end = k_start + randint(gen, 1, 6)
+                what = f"causal_tile_skip(q_start={q_start}, q_end={q_end}, k_start={k_start}) for keys {k_start}..{k_end - 1}"
+                _expect_bool(causal_tile_skip(q_start, q_end, k_start), _brute_force_skip(q_start, q_end, k_start, k_end), what)
+    for _ in range(40):
+        block_q, block_k = 2 ** randint(gen, 4, 7), 2 ** randint(gen, 4, 7)
+        q_start = block_q * randint(gen, 0, 200)
+        q_end = q_start + block_q
+        k_start = max(0, q_end - block_k * randint(gen, -2, 3))
+        k_end = k_start + block_k
+        what = f"causal_tile_skip(q_start={q_start}, q_end={q_end}, k_start={k_start}) for keys {k_start}..{k_end - 1} (seed {seed})"
+        _expect_bool(causal_tile_skip(q_start, q_end, k_start), _brute_force_skip(q_start, q_end, k_start, k_end), what)
+
+
+def check_causal_tile_skip_in_attention(causal_tile_skip, seed: int | None = None, n_cases: int = 6) -> None:
+    """Causal attention tile by tile, skipping the tiles the function says: SDPA's result, and no needless tile.
+
+    Over-skipping changes the output; under-skipping leaves the output right but computes
+    tiles that every query is masked from: both fail.
+    """
+    gen, seed = new_generator(seed)
+    for _ in range(n_cases):
+        n = randint(gen, 5, 40)
+        block_q, block_k = randint(gen, 1, 9), randint(gen, 1, 9)
+        q, k, v = (_randn(gen, 1, 2, n, 4, dtype=torch.float64) for _ in range(3))
+        what = f"causal attention of length {n} in tiles of {block_q} queries x {block_k} keys, skipping where causal_tile_skip says (seed {seed})"
+        computed, needed, rows = 0, 0, []
+        for q_start in range(0, n, block_q):
+            q_end = min(n, q_start + block_q)
+            state = _initial_state((1, 2), q_end - q_start, 4, torch.float64)
+            for k_start in range(0, n, block_k):
+                k_end = min(n, k_start + block_k)
+                needed += not _brute_force_skip(q_start, q_end, k_start, k_end)
+                skip = causal_tile_skip(q_start, q_end, k_start)
+                _expect_bool(skip, _brute_force_skip(q_start, q_end, k_start, k_end), f"causal_tile_skip({q_start}, {q_end}, {k_start}) in {what}")
+                if skip:
+                    continue
+                computed += 1
+                mask = causal_mask(q_end - q_start, k_end - k_start, offset=q_start - k_start)
+                state = ref.forward_tile_step(q[..., q_start:q_end, :], k[..., k_start:k_end, :], v[..., k_start:k_end, :], *state, 0.5, mask)
+            m, l, acc = state
+            rows.append(acc / l.unsqueeze(-1))
+        if computed != needed:
+            raise AssertionError(f"{what}: computed {computed} tiles, but only {needed} hold a pair that is not masked")
+        expect_tensor(torch.cat(rows, dim=-2), F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5), what)

@@ -1,0 +1,235 @@
+"""Wrong answers to lesson 05's exercises: the online softmax update, one forward tile step, causal tile skipping."""
+
+import math
+
+import torch
+
+# --------------------------------------------------------------------------- online softmax update
+
+
+def _safe(m_new):
+    return torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+
+
+def osu_acc_not_rescaled(m, l, acc, scores, v):
+    """Rescales l but forgets to rescale acc."""
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    return m_new, l * torch.exp(m - _safe(m_new)) + p.sum(-1), acc + p @ v
+
+
+def osu_l_not_rescaled(m, l, acc, scores, v):
+    """Rescales acc but forgets to rescale l."""
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(m - _safe(m_new))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    return m_new, l + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
+
+
+def osu_nothing_rescaled(m, l, acc, scores, v):
+    """Adds the new tile without rescaling the old state at all."""
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    return m_new, l + p.sum(-1), acc + p @ v
+
+
+def osu_inverted_exponent(m, l, acc, scores, v):
+    """Rescales by exp(m_new - m) instead of exp(m - m_new)."""
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(_safe(m_new) - m)
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
+
+
+def osu_nan_for_masked_rows(m, l, acc, scores, v):
+    """Right for finite maxima, but a row with only -inf so far gives exp(-inf - (-inf)) = nan."""
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(m - m_new)
+    p = torch.exp(scores - m_new.unsqueeze(-1))
+    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
+
+
+def osu_normalised_acc(m, l, acc, scores, v):
+    """Divides acc by l inside the step (the output, not the running sum)."""
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(m - _safe(m_new))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    l_new = l * rescale + p.sum(-1)
+    acc_new = acc * rescale.unsqueeze(-1) + p @ v
+    return m_new, l_new, acc_new / torch.where(l_new == 0, torch.ones_like(l_new), l_new).unsqueeze(-1)
+
+
+def osu_tile_max_only(m, l, acc, scores, v):
+    """Keeps the tile's maximum as m_new, forgetting the running maximum."""
+    m_new = scores.amax(dim=-1)
+    rescale = torch.exp(m - _safe(m_new))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
+
+
+def osu_no_max_subtraction(m, l, acc, scores, v):
+    """Sums exp(score) itself, not exp(score - m): overflows, and the state is not relative to m."""
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    p = torch.exp(scores)
+    return m_new, l + p.sum(-1), acc + p @ v
+
+
+def osu_in_place(m, l, acc, scores, v):
+    """Right values, but rescales the caller's acc and l in place."""
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(m - _safe(m_new))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    l.mul_(rescale).add_(p.sum(-1))
+    acc.mul_(rescale.unsqueeze(-1)).add_(p @ v)
+    return m_new, l, acc
+
+
+def osu_float32(m, l, acc, scores, v):
+    """Always computes and returns float32."""
+    m, l, acc, scores, v = (t.float() for t in (m, l, acc, scores, v))
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(m - _safe(m_new))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
+
+
+# --------------------------------------------------------------------------- one forward tile step
+
+
+def _update(m, l, acc, scores, v):
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(m - _safe(m_new))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
+
+
+def _masked(scores, mask, fill=float("-inf")):
+    return scores if mask is None else scores.masked_fill(~mask, fill)
+
+
+def fts_no_scale(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Forgets to multiply the scores by scale."""
+    return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1), mask), v_tile)
+
+
+def fts_default_scale(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Ignores the scale argument and uses 1/sqrt(E)."""
+    scores = q_tile @ k_tile.transpose(-2, -1) / math.sqrt(q_tile.shape[-1])
+    return _update(m, l, acc, _masked(scores, mask), v_tile)
+
+
+def fts_divides_by_scale(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Divides by scale (as if it were sqrt(E))."""
+    return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1) / scale, mask), v_tile)
+
+
+def fts_mask_inverted(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Treats True as 'blocked'."""
+    scores = q_tile @ k_tile.transpose(-2, -1) * scale
+    return _update(m, l, acc, scores if mask is None else scores.masked_fill(mask, float("-inf")), v_tile)
+
+
+def fts_mask_with_zero(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Sets masked scores to 0 instead of -inf: they still get weight exp(0 - m)."""
+    return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask, 0.0), v_tile)
+
+
+def fts_mask_after_update(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Computes the maximum and exp over all scores and zeroes the masked probabilities afterwards."""
+    scores = q_tile @ k_tile.transpose(-2, -1) * scale
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(m - _safe(m_new))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    if mask is not None:
+        p = p * mask
+    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v_tile
+
+
+def fts_ignores_mask(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Never applies the mask."""
+    return _update(m, l, acc, q_tile @ k_tile.transpose(-2, -1) * scale, v_tile)
+
+
+def fts_acc_not_rescaled(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Forgets to rescale acc when the maximum grows."""
+    scores = _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask)
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
+    return m_new, l * torch.exp(m - _safe(m_new)) + p.sum(-1), acc + p @ v_tile
+
+
+def fts_nan_for_masked_rows(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """A query that sees no key so far gets nan (exp(-inf - (-inf)))."""
+    scores = _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask)
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp(m - m_new)
+    p = torch.exp(scores - m_new.unsqueeze(-1))
+    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v_tile
+
+
+def fts_normalised(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Returns acc / l as the running acc."""
+    m_new, l_new, acc_new = _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask), v_tile)
+    return m_new, l_new, acc_new / torch.where(l_new == 0, torch.ones_like(l_new), l_new).unsqueeze(-1)
+
+
+# --------------------------------------------------------------------------- causal tile skipping
+
+
+def skip_k_start_after_q_end(q_start, q_end, k_start):
+    """Off by one: misses the tile that starts exactly at q_end."""
+    return k_start > q_end
+
+
+def skip_from_last_query(q_start, q_end, k_start):
+    """Off by one the other way: skips the tile whose first key is the tile's last query."""
+    return k_start >= q_end - 1
+
+
+def skip_after_first_query(q_start, q_end, k_start):
+    """Compares with the first query: skips diagonal tiles that later queries of the tile still need."""
+    return k_start > q_start
+
+
+def skip_from_first_query(q_start, q_end, k_start):
+    """Skips when the first key is at or after the first query."""
+    return k_start >= q_start
+
+
+def skip_never(q_start, q_end, k_start):
+    """Never skips: right output, but computes every tile."""
+    return False
+
+
+def skip_when_tile_needs_mask(q_start, q_end, k_start):
+    """Confuses skipping with masking: skips the diagonal tiles (assuming square tiles to find the last key)."""
+    return k_start + (q_end - q_start) - 1 > q_start
+
+
+def skip_below_diagonal(q_start, q_end, k_start):
+    """Reversed: skips the tiles below the diagonal."""
+    return k_start < q_start
+
+
+def skip_returns_tensor(q_start, q_end, k_start):
+    """Right rule, but returns a torch tensor instead of a bool."""
+    return torch.tensor(k_start) > q_end - 1
+
+
+MUTANTS = {
+    "test_online_softmax_update": {
+        f.__name__: f
+        for f in (osu_acc_not_rescaled, osu_l_not_rescaled, osu_nothing_rescaled, osu_inverted_exponent, osu_nan_for_masked_rows,
+                  osu_normalised_acc, osu_tile_max_only, osu_no_max_subtraction, osu_in_place, osu_float32)
+    },
+    "test_forward_tile_step": {
+        f.__name__: f
+        for f in (fts_no_scale, fts_default_scale, fts_divides_by_scale, fts_mask_inverted, fts_mask_with_zero, fts_mask_after_update,
+                  fts_ignores_mask, fts_acc_not_rescaled, fts_nan_for_masked_rows, fts_normalised)
+    },
+    "test_causal_tile_skip": {
+        f.__name__: f
+        for f in (skip_k_start_after_q_end, skip_from_last_query, skip_after_first_query, skip_from_first_query, skip_never,
+                  skip_when_tile_needs_mask, skip_below_diagonal, skip_returns_tensor)
+    },
+}
