@@ -22,13 +22,14 @@ from tests.mutants import attention as attention_mutants
 from tests.mutants import basics as basics_mutants
 from tests.mutants import flash as flash_mutants
 from tests.mutants import formats as formats_mutants
+from tests.mutants import kvcache as kvcache_mutants
 from tests.mutants import memory as memory_mutants
 from tests.mutants import models as models_mutants
 from tests.conftest import REPO
 
 nbformat = pytest.importorskip("nbformat")
 
-MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants, memory_mutants, formats_mutants, flash_mutants]
+MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants, memory_mutants, formats_mutants, flash_mutants, kvcache_mutants]
 MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}
 
 
