@@ -229,8 +229,11 @@ COMPILE_FOR_H100 = """
 import torch
 from course_lib.kernels import compile_for_gpu
 for dtype, head_dim, is_causal in ((torch.float16, 64, True), (torch.bfloat16, 128, False)):
-    ptx = compile_for_gpu(dtype, head_dim, is_causal, capability=90).asm["ptx"]
-    print(dtype, head_dim, is_causal, ptx.count("wgmma.mma_async"), ptx.count("ex2.approx"))
+    one = compile_for_gpu(dtype, head_dim, is_causal, num_stages=1)
+    three = compile_for_gpu(dtype, head_dim, is_causal, num_stages=3)
+    ptx = three.asm["ptx"]
+    print(dtype, head_dim, is_causal, ptx.count("wgmma.mma_async"), ptx.count("ex2.approx"), ptx.count("cp.async"),
+          one.metadata.shared, three.metadata.shared)
 """
 
 
@@ -241,9 +244,10 @@ def test_kernel_compiles_for_an_h100_without_a_gpu():
     child = subprocess.run([sys.executable, "-c", COMPILE_FOR_H100], cwd=repo, env=env, capture_output=True, text=True, timeout=300)
     assert child.returncode == 0, child.stderr[-3000:]
     lines = child.stdout.split("\n")[:2]
-    for line in lines:  # tensor-core matmuls (wgmma) and base-2 exponentials (ex2) in the PTX
-        n_wgmma, n_exp2 = map(int, line.split()[-2:])
-        assert n_wgmma > 0 and n_exp2 > 0, line
+    for line in lines:
+        n_wgmma, n_exp2, n_async, shared_1, shared_3 = map(int, line.split()[-5:])
+        assert n_wgmma > 0 and n_exp2 > 0, line          # tensor-core matmuls and base-2 exponentials
+        assert n_async > 0 and shared_3 > shared_1, line  # K and V tiles pipelined: asynchronous copies, more buffers
 
 
 # --------------------------------------------------------------------------- the compiled kernel, on a GPU
