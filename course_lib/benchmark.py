@@ -20,6 +20,7 @@ of attention against a long KV cache with MHA, GQA and MQA (lesson 06).
 
 from __future__ import annotations
 
+import contextlib
 import math
 import statistics
 import time
@@ -60,17 +61,18 @@ def median_ms(fn: Callable[[], object], device: torch.device | str = "cpu", warm
     return statistics.median(times)
 
 
-def peak_mib(fn: Callable[[], object], device: torch.device | str) -> float:
+def peak_mib(fn: Callable[[], object], device: torch.device | str, no_grad: bool = True) -> float:
     """Peak memory allocated by ``fn()`` above what was allocated before (the inputs), in MiB.
 
     On a GPU from ``torch.cuda.max_memory_allocated``; elsewhere from the tensors ``fn``
-    creates (:func:`course_lib.flash.peak_allocated_bytes`). Defined in lesson 05.
+    creates (:func:`course_lib.flash.peak_allocated_bytes`), under ``torch.no_grad()`` unless
+    ``no_grad=False`` (to measure a backward pass). Defined in lesson 05.
     """
     device = torch.device(device)
     if device.type != "cuda":
         from course_lib.flash import peak_allocated_bytes
 
-        with torch.no_grad():
+        with torch.no_grad() if no_grad else contextlib.nullcontext():
             return peak_allocated_bytes(fn) / 2**20
     torch.cuda.synchronize(device)
     torch.cuda.reset_peak_memory_stats(device)
@@ -114,21 +116,28 @@ def sdpa_with_backend(backend: str) -> Callable:
     return attend
 
 
-def attention_contenders(device: torch.device) -> dict[str, Callable]:
-    """Name -> ``fn(q, k, v, is_causal)`` for every implementation that can run on ``device``. Defined in lesson 05."""
-    from course_lib import kernels
+def attention_contenders(device: torch.device, backward: bool = False) -> dict[str, Callable]:
+    """Name -> ``fn(q, k, v, is_causal)`` for every implementation that can run on ``device``.
 
+    On a GPU the course's tiled PyTorch version (a Python loop over tiles) joins only for the
+    backward benchmark, where it is the recomputing reference the Triton backward must beat.
+    Defined in lesson 05.
+    """
+    from course_lib import kernels
+    from course_lib.flash import flash_attention
+
+    pytorch_tiles = lambda q, k, v, is_causal=False: flash_attention(  # noqa: E731
+        q, k, v, is_causal=is_causal, block_q=128, block_k=128
+    )
     contenders: dict[str, Callable] = {"eager": eager_attention}
     if device.type == "cuda":
+        if backward:
+            contenders["course flash (PyTorch tiles)"] = pytorch_tiles
         if kernels.available() and not kernels.interpreting():
             contenders["course Triton"] = kernels.flash_attention_triton
         contenders.update({name: sdpa_with_backend(backend) for name, backend in SDPA_BACKENDS.items()})
     else:
-        from course_lib.flash import flash_attention
-
-        contenders["course flash (PyTorch tiles)"] = lambda q, k, v, is_causal=False: flash_attention(
-            q, k, v, is_causal=is_causal, block_q=128, block_k=128
-        )
+        contenders["course flash (PyTorch tiles)"] = pytorch_tiles
         contenders["SDPA"] = lambda q, k, v, is_causal=False: F.scaled_dot_product_attention(q, k, v, is_causal=is_causal)
     return contenders
 
@@ -152,6 +161,7 @@ def attention_benchmark(
     repeats: int = 10,
     progress: bool = True,
     names: tuple[str, ...] | None = None,
+    backward: bool = False,
 ) -> list[dict]:
     """Time and measure every contender of :func:`attention_contenders` (or only ``names``) on self-attention.
 
@@ -160,6 +170,9 @@ def attention_benchmark(
     a GPU, float32 on the CPU). A contender that fails (out of memory, no kernel for this
     GPU) is recorded with its error instead of a time. Returns one dict per (configuration,
     contender): ``n, head_dim, causal, batch, heads, name, ms, tflops, peak_mib, error``.
+    With ``backward=True`` each call is a forward and a backward pass (the gradients of q, k
+    and v for a random output gradient), counted as 3.5 times the forward FLOPs (the backward
+    pass does five matrix products to the forward's two, as FlashAttention-2 counts).
     Defined in lesson 05.
     """
     from tqdm.auto import tqdm
@@ -168,7 +181,7 @@ def attention_benchmark(
 
     device = torch.device(device) if device is not None else get_device()
     dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-    contenders = attention_contenders(device)
+    contenders = attention_contenders(device, backward)
     if names is not None:
         unknown = set(names) - set(contenders)
         if unknown:
@@ -179,15 +192,21 @@ def attention_benchmark(
     for n, d, is_causal in tqdm(configs, desc="attention benchmark", disable=not progress):
         b, h = _batch_heads(d, device)
         g = torch.Generator(device=device).manual_seed(0)
-        q, k, v = (torch.randn(b, h, n, d, device=device, dtype=dtype, generator=g) for _ in range(3))
+        q, k, v = (torch.randn(b, h, n, d, device=device, dtype=dtype, generator=g).requires_grad_(backward)
+                   for _ in range(3))
+        do = torch.randn(b, h, n, d, device=device, dtype=dtype, generator=g)
+        flops = attention_flops(b, h, n, n, d, is_causal) * (3.5 if backward else 1.0)
         for name, fn in contenders.items():
             row = {"n": n, "head_dim": d, "causal": is_causal, "batch": b, "heads": h, "name": name,
                    "ms": None, "tflops": None, "peak_mib": None, "error": None}
-            call = lambda fn=fn: fn(q, k, v, is_causal=is_causal)  # noqa: E731
+            if backward:
+                call = lambda fn=fn: torch.autograd.grad(fn(q, k, v, is_causal=is_causal), (q, k, v), do)  # noqa: E731
+            else:
+                call = lambda fn=fn: fn(q, k, v, is_causal=is_causal)  # noqa: E731
             try:
-                row["peak_mib"] = peak_mib(call, device)
+                row["peak_mib"] = peak_mib(call, device, no_grad=not backward)
                 row["ms"] = median_ms(call, device, warmup=3, repeats=repeats)
-                row["tflops"] = attention_flops(b, h, n, n, d, is_causal) / (row["ms"] * 1e-3) / 1e12
+                row["tflops"] = flops / (row["ms"] * 1e-3) / 1e12
             except (RuntimeError, torch.cuda.OutOfMemoryError) as error:   # OOM, or no kernel for these inputs
                 row["error"] = str(error).splitlines()[0][:60]
                 if device.type == "cuda":

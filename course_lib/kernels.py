@@ -1,4 +1,4 @@
-"""A FlashAttention forward kernel in Triton (lesson 05).
+"""FlashAttention in Triton: a forward kernel and the two kernels of its backward pass (lesson 05).
 
 One program computes one tile of ``BLOCK_M`` queries of one (batch, head): it loads the
 query tile once, walks over the key/value tiles of ``BLOCK_N`` keys with the online
@@ -13,6 +13,12 @@ chip. What makes it fast:
 - two loops over the key tiles, compiled separately: the tiles that every query of the
   tile sees, with no mask at all (most of them), then the few on the diagonal or past the
   last key, with bounds checks and the causal mask (``course_lib.flash.causal_tile_needs_mask``).
+
+The forward kernel also stores each row's log-sum-exp. The backward pass
+(:class:`TritonFlashAttention`, FlashAttention-2's) recomputes every tile of probabilities
+from it, as :mod:`course_lib.flash` does in PyTorch, in two kernels: one program per key tile
+accumulates dK and dV over the query tiles that see it; one program per query tile
+accumulates dQ over its key tiles. Neither writes an ``N x N`` matrix.
 
 Triton is optional: ``course_lib`` imports without it and :func:`available` says whether
 it is installed. The kernel uses plain pointer arithmetic only (no block pointers, no TMA
@@ -33,6 +39,7 @@ later are fixed). Its compiled kernels are not affected.
 
 from __future__ import annotations
 
+import contextlib
 import math
 
 import torch
@@ -116,7 +123,7 @@ if triton is not None:
 
     @triton.jit
     def _attention_forward(
-        Q, K, V, O,
+        Q, K, V, O, LSE,
         stride_qb, stride_qh, stride_qm, stride_qd,
         stride_kb, stride_kh, stride_kn, stride_kd,
         stride_vb, stride_vh, stride_vn, stride_vd,
@@ -154,6 +161,95 @@ if triton is not None:
                                     rows, full, end, n_k, qk_scale, HEAD_DIM, BLOCK_N, True, IS_CAUSAL)
         acc = acc / l[:, None]
         tl.store(O + rows[:, None] * stride_om + dims[None, :] * stride_od, acc.to(O.dtype.element_ty), mask=rows[:, None] < n_q)
+        # the log-sum-exp of each row, in base 2, for the backward pass: LSE is (B * H, n_q) float32
+        tl.store(LSE + tl.program_id(1).to(tl.int64) * n_q + rows, m + tl.log2(l), mask=rows < n_q)
+
+    # ----------------------------------------------------------------------- backward (FlashAttention-2)
+
+    @triton.jit
+    def _scores_to_probabilities(q, k, lse, rows, keys, n_q, n_k, qk_scale, IS_CAUSAL: tl.constexpr):
+        """P = exp2(q k^T * qk_scale - lse) for one tile, 0 where masked or out of bounds: (BLOCK_M, BLOCK_N)."""
+        s = tl.dot(q, tl.trans(k)) * qk_scale
+        allowed = (rows[:, None] < n_q) & (keys[None, :] < n_k)
+        if IS_CAUSAL:
+            allowed = allowed & (keys[None, :] <= rows[:, None])
+        return tl.where(allowed, tl.exp2(s - lse[:, None]), 0.0)
+
+    @triton.jit
+    def _attention_backward_dk_dv(
+        Q, K, V, DO, DK, DV, LSE, DELTA,
+        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+        n_heads, n_q, n_k, qk_scale, sm_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    ):
+        """One program per (key tile, batch x head): dK and dV of its keys, summed over the query tiles.
+
+        Q, DO are (B, H, n_q, D) and K, V, DK, DV (B, H, n_k, D), contiguous in D; LSE and
+        DELTA = rowsum(dO * O) are (B * H, n_q) float32.
+        """
+        batch = (tl.program_id(1) // n_heads).to(tl.int64)
+        head = (tl.program_id(1) % n_heads).to(tl.int64)
+        keys = tl.program_id(0) * BLOCK_N + tl.arange(0, BLOCK_N)
+        dims = tl.arange(0, HEAD_DIM)
+        q_offset = batch * stride_qb + head * stride_qh
+        k_offset = batch * stride_kb + head * stride_kh
+        row_offset = tl.program_id(1).to(tl.int64) * n_q
+        kv_ptrs = keys[:, None] * stride_kn + dims[None, :]
+        k = tl.load(K + k_offset + kv_ptrs, mask=keys[:, None] < n_k, other=0.0)
+        v = tl.load(V + k_offset + kv_ptrs, mask=keys[:, None] < n_k, other=0.0)
+        dk = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        dv = tl.zeros([BLOCK_N, HEAD_DIM], dtype=tl.float32)
+        start = 0
+        if IS_CAUSAL:  # queries before this key tile's first key never see it: skip their tiles
+            start = (tl.program_id(0) * BLOCK_N // BLOCK_M) * BLOCK_M
+        for q_start in range(start, n_q, BLOCK_M):
+            rows = q_start + tl.arange(0, BLOCK_M)
+            q_ptrs = rows[:, None] * stride_qm + dims[None, :]
+            q = tl.load(Q + q_offset + q_ptrs, mask=rows[:, None] < n_q, other=0.0)
+            do = tl.load(DO + q_offset + q_ptrs, mask=rows[:, None] < n_q, other=0.0)
+            lse = tl.load(LSE + row_offset + rows, mask=rows < n_q, other=0.0)
+            delta = tl.load(DELTA + row_offset + rows, mask=rows < n_q, other=0.0)
+            p = _scores_to_probabilities(q, k, lse, rows, keys, n_q, n_k, qk_scale, IS_CAUSAL)   # (BLOCK_M, BLOCK_N)
+            dv += tl.dot(tl.trans(p.to(do.dtype)), do)                   # dV = P^T dO
+            dp = tl.dot(do, tl.trans(v))                                 # dP = dO V^T
+            ds = p * (dp - delta[:, None])                               # dS = P (dP - D)
+            dk += tl.dot(tl.trans(ds.to(q.dtype)), q)                    # dK = dS^T Q (times the scale, below)
+        tl.store(DK + k_offset + kv_ptrs, (dk * sm_scale).to(DK.dtype.element_ty), mask=keys[:, None] < n_k)
+        tl.store(DV + k_offset + kv_ptrs, dv.to(DV.dtype.element_ty), mask=keys[:, None] < n_k)
+
+    @triton.jit
+    def _attention_backward_dq(
+        Q, K, V, DO, DQ, LSE, DELTA,
+        stride_qb, stride_qh, stride_qm, stride_kb, stride_kh, stride_kn,
+        n_heads, n_q, n_k, qk_scale, sm_scale,
+        HEAD_DIM: tl.constexpr, BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, IS_CAUSAL: tl.constexpr,
+    ):
+        """One program per (query tile, batch x head): dQ of its queries, summed over the key tiles."""
+        batch = (tl.program_id(1) // n_heads).to(tl.int64)
+        head = (tl.program_id(1) % n_heads).to(tl.int64)
+        rows = tl.program_id(0) * BLOCK_M + tl.arange(0, BLOCK_M)
+        dims = tl.arange(0, HEAD_DIM)
+        q_offset = batch * stride_qb + head * stride_qh
+        k_offset = batch * stride_kb + head * stride_kh
+        row_offset = tl.program_id(1).to(tl.int64) * n_q
+        q_ptrs = rows[:, None] * stride_qm + dims[None, :]
+        q = tl.load(Q + q_offset + q_ptrs, mask=rows[:, None] < n_q, other=0.0)
+        do = tl.load(DO + q_offset + q_ptrs, mask=rows[:, None] < n_q, other=0.0)
+        lse = tl.load(LSE + row_offset + rows, mask=rows < n_q, other=0.0)
+        delta = tl.load(DELTA + row_offset + rows, mask=rows < n_q, other=0.0)
+        dq = tl.zeros([BLOCK_M, HEAD_DIM], dtype=tl.float32)
+        end = n_k
+        if IS_CAUSAL:  # causal_tile_skip, as in the forward pass
+            end = tl.minimum(n_k, (tl.program_id(0) + 1) * BLOCK_M)
+        for k_start in range(0, end, BLOCK_N):
+            keys = k_start + tl.arange(0, BLOCK_N)
+            kv_ptrs = keys[:, None] * stride_kn + dims[None, :]
+            k = tl.load(K + k_offset + kv_ptrs, mask=keys[:, None] < n_k, other=0.0)
+            v = tl.load(V + k_offset + kv_ptrs, mask=keys[:, None] < n_k, other=0.0)
+            p = _scores_to_probabilities(q, k, lse, rows, keys, n_q, n_k, qk_scale, IS_CAUSAL)
+            ds = p * (tl.dot(do, tl.trans(v)) - delta[:, None])
+            dq += tl.dot(ds.to(k.dtype), k)                              # dQ = dS K (times the scale, below)
+        tl.store(DQ + q_offset + q_ptrs, (dq * sm_scale).to(DQ.dtype.element_ty), mask=rows[:, None] < n_q)
 
 
 def cuda_configs() -> list:
@@ -212,7 +308,8 @@ def compile_for_gpu(
     constants = {"HEAD_DIM": head_dim, "BLOCK_M": block_m, "BLOCK_N": block_n, "IS_CAUSAL": bool(is_causal),
                  **{name: 1 for name in unit_strides}}
     signature = {
-        name: pointer if name in ("Q", "K", "V", "O") else "fp32" if name == "qk_scale" else "constexpr" if name in constants else "i32"
+        name: pointer if name in ("Q", "K", "V", "O") else "*fp32" if name == "LSE" else "fp32" if name == "qk_scale"
+        else "constexpr" if name in constants else "i32"
         for name in names
     }
     divisible = [n for n in names if signature[n] != "constexpr" and n not in ("qk_scale", "n_heads")]
@@ -263,37 +360,16 @@ def _check_inputs(q, k, v, scale) -> None:
         raise ValueError(f"scale must be None or a number, got {type(scale).__name__}")
 
 
-def flash_attention_triton(
-    q: torch.Tensor,
-    k: torch.Tensor,
-    v: torch.Tensor,
-    is_causal: bool = False,
-    scale: float | None = None,
-) -> torch.Tensor:
-    """``softmax(q @ k^T * scale) @ v`` by the Triton FlashAttention forward kernel (no backward).
-
-    Args:
-        q: ``(B, H, L, D)``; k, v: ``(B, H, S, D)``; one dtype: float16 or bfloat16 on a
-            CUDA GPU; float32 or float16 under ``TRITON_INTERPRET=1``; ``D`` in ``HEAD_DIMS``
-            (16, 32, 64, 128); any lengths ``L`` and ``S >= 1``; any strides.
-        is_causal: query ``i`` sees keys ``j <= i`` (top left, as PyTorch).
-        scale: factor on the scores; default ``1 / sqrt(D)``.
-    Returns:
-        ``(B, H, L, D)`` in q's dtype, as ``torch.nn.functional.scaled_dot_product_attention``.
-
-    Defined in lesson 05.
-    """
-    if not available():
-        raise RuntimeError("Triton is not installed: pip install 'triton>=3.6,<3.10' (see course_lib.kernels)")
-    _check_inputs(q, k, v, scale)
+def _forward(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, is_causal: bool, scale: float):
+    """Launch the forward kernel: ``(o (B, H, L, D), lse (B * H, L) float32, base 2)``."""
     batch, n_heads, n_q, head_dim = q.shape
     n_k = k.shape[2]
     o = torch.empty_like(q)
+    lse = torch.empty(batch * n_heads, n_q, device=q.device, dtype=torch.float32)
     if n_q == 0:
-        return o
-    scale = 1.0 / math.sqrt(head_dim) if scale is None else float(scale)
+        return o, lse
     args = (
-        q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(),
         n_heads, n_q, n_k, scale * LOG2_E,
     )
     grid = lambda meta: (triton.cdiv(n_q, meta["BLOCK_M"]), batch * n_heads)  # noqa: E731
@@ -303,4 +379,79 @@ def flash_attention_triton(
     else:
         with torch.cuda.device(q.device):
             _attention_forward_autotuned[grid](*args, HEAD_DIM=head_dim, IS_CAUSAL=bool(is_causal))
-    return o
+    return o, lse
+
+
+BACKWARD_BLOCK = 64       # tiles of 64 queries x 64 keys in the backward kernels on a GPU
+BACKWARD_WARPS = 4
+
+
+def _backward(do, q, k, v, o, lse, is_causal: bool, scale: float):
+    """Launch the two backward kernels (FlashAttention-2): ``(dq, dk, dv)``, recomputing P from ``lse``."""
+    q, k, v, o, do = (t.contiguous() for t in (q, k, v, o, do))
+    batch, n_heads, n_q, head_dim = q.shape
+    n_k = k.shape[2]
+    delta = (do.float() * o.float()).sum(-1).reshape(batch * n_heads, n_q)   # D_i = sum_c dO_ic O_ic
+    dq, dk, dv = torch.empty_like(q), torch.empty_like(k), torch.empty_like(v)
+    strides = (*q.stride()[:3], *k.stride()[:3])
+    sizes = (n_heads, n_q, n_k, scale * LOG2_E, scale)
+    block = INTERPRETER_BLOCK if interpreting() else BACKWARD_BLOCK
+    options = {} if interpreting() else {"num_warps": BACKWARD_WARPS, "num_stages": 2}
+    constants = dict(HEAD_DIM=head_dim, BLOCK_M=block, BLOCK_N=block, IS_CAUSAL=bool(is_causal), **options)
+    with torch.cuda.device(q.device) if q.is_cuda else contextlib.nullcontext():
+        _attention_backward_dk_dv[(triton.cdiv(n_k, block), batch * n_heads)](
+            q, k, v, do, dk, dv, lse, delta, *strides, *sizes, **constants)
+        _attention_backward_dq[(triton.cdiv(n_q, block), batch * n_heads)](
+            q, k, v, do, dq, lse, delta, *strides, *sizes, **constants)
+    return dq, dk, dv
+
+
+class TritonFlashAttention(torch.autograd.Function):
+    """The Triton kernels as one differentiable operation: forward saves q, k, v, o and the log-sum-exp only.
+
+    Backward recomputes each tile of probabilities from the log-sum-exp, as
+    :class:`course_lib.flash.FlashAttentionFunction` does in PyTorch, in two kernels: one
+    program per key tile for dK and dV, one per query tile for dQ (FlashAttention-2).
+    Defined in lesson 05.
+    """
+
+    @staticmethod
+    def forward(ctx, q, k, v, is_causal: bool, scale: float):
+        o, lse = _forward(q, k, v, is_causal, scale)
+        ctx.save_for_backward(q, k, v, o, lse)
+        ctx.is_causal, ctx.scale = is_causal, scale
+        return o
+
+    @staticmethod
+    def backward(ctx, do):
+        q, k, v, o, lse = ctx.saved_tensors
+        dq, dk, dv = _backward(do, q, k, v, o, lse, ctx.is_causal, ctx.scale)
+        return dq, dk, dv, None, None
+
+
+def flash_attention_triton(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    is_causal: bool = False,
+    scale: float | None = None,
+) -> torch.Tensor:
+    """``softmax(q @ k^T * scale) @ v`` by the Triton FlashAttention kernels, forward and backward.
+
+    Args:
+        q: ``(B, H, L, D)``; k, v: ``(B, H, S, D)``; one dtype: float16 or bfloat16 on a
+            CUDA GPU; float32 or float16 under ``TRITON_INTERPRET=1``; ``D`` in ``HEAD_DIMS``
+            (16, 32, 64, 128); any lengths ``L`` and ``S >= 1``; any strides.
+        is_causal: query ``i`` sees keys ``j <= i`` (top left, as PyTorch).
+        scale: factor on the scores; default ``1 / sqrt(D)``.
+    Returns:
+        ``(B, H, L, D)`` in q's dtype, as ``torch.nn.functional.scaled_dot_product_attention``;
+        differentiable with respect to q, k and v (:class:`TritonFlashAttention`).
+
+    Defined in lesson 05.
+    """
+    if not available():
+        raise RuntimeError("Triton is not installed: pip install 'triton>=3.6,<3.10' (see course_lib.kernels)")
+    _check_inputs(q, k, v, scale)
+    scale = 1.0 / math.sqrt(q.shape[-1]) if scale is None else float(scale)
+    return TritonFlashAttention.apply(q, k, v, bool(is_causal), scale)

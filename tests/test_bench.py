@@ -13,8 +13,10 @@ def _data_rows(table: str) -> list[list[str]]:
 
 
 def test_attention_bench_prints_ratios_on_cpu():
-    rows = _data_rows(attention.run(quick=True, device=torch.device("cpu")))
-    assert len(rows) == 4                                   # 2 lengths x causal or not
+    table = attention.run(quick=True, device=torch.device("cpu"))
+    rows = _data_rows(table)
+    assert len(rows) == 8                                   # (forward, forward + backward) x 2 lengths x causal or not
+    assert "Attention forward + backward on CPU" in table
     for row in rows:
         assert all(float(x) > 0 for x in row[-2:])          # the ratio columns
 
@@ -35,4 +37,5 @@ def test_run_all_writes_a_results_file(tmp_path):
 @pytest.mark.gpu
 def test_attention_bench_on_cuda():
     table = attention.run(quick=True, device=torch.device("cuda"))
-    assert "bfloat16" in table and "SDPA cuDNN" in table and len(_data_rows(table)) == 8
+    assert "bfloat16" in table and "SDPA cuDNN" in table and len(_data_rows(table)) == 16
+    assert "course flash (PyTorch tiles)" in table.split("forward + backward")[1]

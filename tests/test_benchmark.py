@@ -113,3 +113,13 @@ def test_attention_benchmark_can_race_chosen_contenders_only():
     assert [r["name"] for r in rows] == ["SDPA"]
     with pytest.raises(ValueError, match="names must be among"):
         benchmark.attention_benchmark((32,), (16,), (False,), device="cpu", names=("course Triton",))
+
+
+def test_attention_benchmark_times_forward_and_backward():
+    rows = benchmark.attention_benchmark((48,), (16,), (True,), device="cpu", repeats=1, progress=False, backward=True)
+    assert {r["name"] for r in rows} == {"eager", "course flash (PyTorch tiles)", "SDPA"}
+    forward = benchmark.attention_benchmark((48,), (16,), (True,), device="cpu", repeats=1, progress=False)
+    for r in rows:
+        assert r["error"] is None and r["tflops"] > 0
+    by = {r["name"]: r for r in rows}
+    assert by["eager"]["peak_mib"] > {r["name"]: r for r in forward}["eager"]["peak_mib"]   # saved for backward

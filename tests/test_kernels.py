@@ -169,13 +169,51 @@ def test_interpreter_unequal_tiles_as_on_a_gpu(interpreter, block_m, block_n, n_
     """The GPU configurations use BLOCK_M = 2 BLOCK_N (128 x 64): the unmasked and masked key loops must meet exactly."""
     q, k, v = random_qkv(1, 2, n_q, n_k, 16, torch.float32)
     for is_causal in (False, True):
-        o = torch.empty_like(q)
+        o, lse = torch.empty_like(q), torch.empty(2, n_q)
         grid = (-(-n_q // block_m), 2)
         kernels._attention_forward[grid](
-            q, k, v, o, *q.stride(), *k.stride(), *v.stride(), *o.stride(), 2, n_q, n_k, kernels.LOG2_E / 4.0,
+            q, k, v, o, lse, *q.stride(), *k.stride(), *v.stride(), *o.stride(), 2, n_q, n_k, kernels.LOG2_E / 4.0,
             HEAD_DIM=16, BLOCK_M=block_m, BLOCK_N=block_n, IS_CAUSAL=is_causal,
         )
         torch.testing.assert_close(o, reference(q, k, v, is_causal), atol=1e-5, rtol=1e-4)
+
+
+def _grads(fn, q, k, v, do, **kwargs):
+    q, k, v = (t.detach().clone().requires_grad_() for t in (q, k, v))
+    out = fn(q, k, v, **kwargs)
+    return (out, *torch.autograd.grad(out, (q, k, v), do))
+
+
+@needs_triton
+@pytest.mark.parametrize("n_q,n_k,d", [(37, 37, 16), (20, 45, 32), (45, 20, 16), (64, 64, 64)])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_interpreter_backward_matches_sdpa(interpreter, n_q, n_k, d, is_causal):
+    q, k, v = random_qkv(2, 2, n_q, n_k, d, torch.float32)
+    do = torch.randn_like(q)
+    ours = _grads(flash_attention_triton, q, k, v, do, is_causal=is_causal)
+    theirs = _grads(F.scaled_dot_product_attention, q, k, v, do, is_causal=is_causal)
+    for name, a, b in zip(("o", "dq", "dk", "dv"), ours, theirs):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4, msg=name)
+
+
+@needs_triton
+def test_interpreter_backward_strided_inputs_and_custom_scale(interpreter):
+    q, k, v = (t.transpose(1, 2) for t in (torch.randn(1, 24, 3, 16) for _ in range(3)))
+    do = torch.randn(1, 3, 24, 16).transpose(2, 3).contiguous().transpose(2, 3)     # another layout still
+    ours = _grads(flash_attention_triton, q, k, v, do, scale=0.3, is_causal=True)
+    theirs = _grads(F.scaled_dot_product_attention, q, k, v, do, scale=0.3, is_causal=True)
+    for a, b in zip(ours, theirs):
+        torch.testing.assert_close(a, b, atol=2e-5, rtol=1e-4)
+
+
+@needs_triton
+def test_interpreter_backward_saves_only_q_k_v_o_and_the_log_sum_exp(interpreter):
+    q, k, v = (t.requires_grad_() for t in random_qkv(1, 2, 40, 40, 16, torch.float32))
+    out = flash_attention_triton(q, k, v)
+    saved = out.grad_fn.saved_tensors
+    assert [tuple(t.shape) for t in saved] == [(1, 2, 40, 16)] * 4 + [(2, 40)]
+    lse = torch.logsumexp(q @ k.transpose(-2, -1) / 4.0, dim=-1).reshape(2, 40)
+    torch.testing.assert_close(saved[4] / kernels.LOG2_E, lse, atol=1e-5, rtol=1e-5)   # kept in base 2
 
 
 @needs_triton
@@ -250,6 +288,38 @@ def test_kernel_compiles_for_an_h100_without_a_gpu():
         assert n_async > 0 and shared_3 > shared_1, line  # K and V tiles pipelined: asynchronous copies, more buffers
 
 
+COMPILE_BACKWARD_FOR_H100 = """
+import torch, triton
+from triton.backends.compiler import GPUTarget
+from triton.compiler import ASTSource
+from course_lib import kernels
+for fn, ptrs in ((kernels._attention_backward_dk_dv, ("Q", "K", "V", "DO", "DK", "DV")), (kernels._attention_backward_dq, ("Q", "K", "V", "DO", "DQ"))):
+    for d in (64, 128):
+        names = fn.arg_names
+        consts = {"HEAD_DIM": d, "BLOCK_M": 64, "BLOCK_N": 64, "IS_CAUSAL": True}
+        sig = {n: "*bf16" if n in ptrs else "*fp32" if n in ("LSE", "DELTA") else "fp32" if n in ("qk_scale", "sm_scale")
+               else "constexpr" if n in consts else "i32" for n in names}
+        attrs = {(names.index(n),): [["tt.divisibility", 16]] for n in names if sig[n] in ("*bf16", "*fp32", "i32") and n != "n_heads"}
+        src = ASTSource(fn=fn, signature=sig, constexprs={(names.index(n),): c for n, c in consts.items()}, attrs=attrs)
+        k = triton.compile(src, target=GPUTarget("cuda", 90, 32), options={"num_warps": 4, "num_stages": 2})
+        ptx = k.asm["ptx"]
+        print(fn.fn.__name__, d, ptx.count("wgmma.mma_async"), ptx.count("ex2.approx"), ptx.count("cp.async"))
+"""
+
+
+@needs_triton
+def test_backward_kernels_compile_for_an_h100_without_a_gpu():
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    repo = Path(__file__).resolve().parents[1]
+    child = subprocess.run([sys.executable, "-c", COMPILE_BACKWARD_FOR_H100], cwd=repo, env=env, capture_output=True,
+                           text=True, timeout=300)
+    assert child.returncode == 0, child.stderr[-3000:]
+    lines = [l for l in child.stdout.split("\n") if l.strip()]
+    assert len(lines) == 4
+    for line in lines:   # tensor cores, base-2 exponentials and pipelined loads in both kernels, head dims 64 and 128
+        assert all(int(x) > 0 for x in line.split()[-3:]), line
+
+
 # --------------------------------------------------------------------------- the compiled kernel, on a GPU
 
 
@@ -309,3 +379,18 @@ def test_gpu_kernel_meets_the_speed_floor(compiled):
         assert t["course Triton"] >= 1.0 * t["SDPA flash (FA2)"], (config, t)
         if t["SDPA cuDNN"] is not None:
             assert t["course Triton"] >= 0.7 * t["SDPA cuDNN"], (config, t)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.bfloat16])
+@pytest.mark.parametrize("d", [64, 128])
+@pytest.mark.parametrize("is_causal", [False, True])
+def test_gpu_backward_matches_sdpa(compiled, dtype, d, is_causal):
+    q, k, v = random_qkv(2, 8, 1000, 1000, d, dtype, "cuda")
+    do = torch.randn_like(q)
+    ours = _grads(flash_attention_triton, q, k, v, do, is_causal=is_causal)
+    exact = _grads(F.scaled_dot_product_attention, q.double(), k.double(), v.double(), do.double(), is_causal=is_causal)
+    fast = _grads(F.scaled_dot_product_attention, q, k, v, do, is_causal=is_causal)
+    for name, a, b, c in zip(("o", "dq", "dk", "dv"), ours, fast, exact):
+        # as close to the float64 result as PyTorch's own kernel is, up to a factor of 2
+        assert _max_error(a, c) <= 2 * _max_error(b, c) + 1e-3, name
