@@ -64,12 +64,15 @@ check: $(STAMP)
 timings: $(STAMP)
 	$(BIN)/python -m course_lib.grading timings --write bench/notebook_timings.md
 
-# On a CUDA machine. Needs only torch and pytest there (no Jupyter packages, no .venv):
+# On a CUDA machine. Needs only torch, numpy, tqdm and pytest there (no Jupyter packages, no .venv):
 # run it with that machine's Python, e.g. `make gpu-check GPU_PYTHON=python3`.
+# The test files that hold `gpu` tests; they import nothing beyond torch, numpy, tqdm, pytest
+# (and triton, transformers where present).
 GPU_PYTHON ?= python3
+GPU_TESTS  := tests/test_device.py tests/test_kernels.py tests/test_benchmark.py tests/test_bench.py tests/test_memory.py
 gpu-check:
 	mkdir -p bench/results
-	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -p no:cacheprovider -p no:nbval -m gpu tests -q | tee bench/results/gpu-tests.txt
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -p no:cacheprovider -p no:nbval -m gpu $(GPU_TESTS) -q | tee bench/results/gpu-tests.txt
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) bench/run_all.py --out bench/results/gpu-bench.md
 
 bench: gpu-check

@@ -102,3 +102,12 @@ def test_readme_binder_badge_opens_the_notebooks():
     assert m, "README needs a Binder badge that opens JupyterLab"
     assert (REPO / m.group(1)).exists(), f"the badge opens {m.group(1)}, which does not exist"
     assert m.group(1).startswith("notebooks")
+
+
+def test_gpu_check_collects_every_file_with_gpu_tests():
+    """`make gpu-check` runs only the files listed in GPU_TESTS (they import no Jupyter packages)."""
+    makefile = (REPO / "Makefile").read_text()
+    listed = set(re.search(r"^GPU_TESTS\s*:=\s*(.+)$", makefile, re.M).group(1).split())
+    marked = re.compile(r"^\s*@pytest\.mark\.gpu\b", re.M)
+    with_gpu = {f"tests/{p.name}" for p in (REPO / "tests").glob("test_*.py") if marked.search(p.read_text())}
+    assert with_gpu == listed, f"GPU_TESTS should be {sorted(with_gpu)}"
