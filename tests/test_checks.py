@@ -5,10 +5,12 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import attention, formats, kvcache, memory, models, quant, tokenizer
+from course_lib import attention, flash, formats, kvcache, memory, models, quant, tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import basics as basics_checks
+from course_lib.checks import flash as flash_checks
 from course_lib.checks import formats as formats_checks
+from course_lib.checks import kvcache as kvcache_checks
 from course_lib.checks import memory as memory_checks
 from course_lib.checks import quant as quant_checks
 from course_lib.checks import models as models_checks
@@ -83,6 +85,18 @@ CHECKS = [
     (lambda f: quant_checks.check_absmax_int8_edge_cases(*f), (lambda w: quant.absmax_quantize(w), quant.absmax_dequantize)),
     (quant_checks.check_blockwise_int4, lambda w, block_size=64: quant.absmax_quantize(w, bits=4, block_size=block_size)),
     (quant_checks.check_blockwise_int4_edge_cases, lambda w, block_size=64: quant.absmax_quantize(w, bits=4, block_size=block_size)),
+    (flash_checks.check_online_softmax_update, wrapped(flash.online_softmax_update)),
+    (flash_checks.check_online_softmax_update_edge_cases, wrapped(flash.online_softmax_update)),
+    (flash_checks.check_forward_tile_step, wrapped(flash.forward_tile_step)),
+    (flash_checks.check_forward_tile_step_edge_cases, wrapped(flash.forward_tile_step)),
+    (flash_checks.check_causal_tile_skip, wrapped(flash.causal_tile_skip)),
+    (flash_checks.check_causal_tile_skip_in_attention, wrapped(flash.causal_tile_skip)),
+    (kvcache_checks.check_repeat_kv, wrapped(attention.repeat_kv)),
+    (kvcache_checks.check_repeat_kv_against_transformers, wrapped(attention.repeat_kv)),
+    (kvcache_checks.check_kv_cache_bytes_from_config, wrapped(kvcache.kv_cache_bytes_from_config)),
+    (kvcache_checks.check_kv_cache_bytes_from_config_against_transformers, wrapped(kvcache.kv_cache_bytes_from_config)),
+    (kvcache_checks.check_cached_attention_step, kvcache_checks.reference_cached_attention_step),
+    (kvcache_checks.check_cached_attention_step_decodes_like_full_attention, kvcache_checks.reference_cached_attention_step),
 ]
 
 
@@ -102,6 +116,11 @@ def test_check_accepts_the_reference(check, reference):
         (tokenizer_checks.check_merge_pair, tokenizer.merge_pair),
         (models_checks.check_next_token_loss, models.next_token_loss),
         (models_checks.check_mlm_mask, models.mlm_mask),
+        (flash_checks.check_online_softmax_update, flash.online_softmax_update),
+        (flash_checks.check_forward_tile_step, flash.forward_tile_step),
+        (flash_checks.check_causal_tile_skip, flash.causal_tile_skip),
+        (kvcache_checks.check_repeat_kv, attention.repeat_kv),
+        (kvcache_checks.check_kv_cache_bytes_from_config, kvcache.kv_cache_bytes_from_config),
     ],
 )
 def test_check_refuses_the_course_reference_itself(check, reference):
