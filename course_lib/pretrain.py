@@ -82,6 +82,20 @@ def token_stream(tokenizer, texts: list[str]) -> torch.Tensor:
     return torch.tensor(ids, dtype=torch.long)
 
 
+def training_data(batch_size: int, seq_len: int):
+    """The course's corpus and tokenizer, the training text as one token stream, and 4 fixed held-out batches.
+
+    Returns ``(corpus, tokenizer, stream (N,) int64, eval_batches)``, each batch ``(batch_size,
+    seq_len)``. Defined in lesson 02.
+    """
+    corpus = build_corpus(0)
+    tokenizer = course_tokenizer(0)
+    stream = token_stream(tokenizer, corpus.train_texts)
+    heldout = token_stream(tokenizer, corpus.heldout_texts)
+    eval_batches = [random_windows(heldout, batch_size, seq_len, torch.Generator().manual_seed(i)) for i in range(4)]
+    return corpus, tokenizer, stream, eval_batches
+
+
 def quality(model: DecoderLM, tokenizer, corpus, progress: bool = False) -> dict[str, float]:
     """The figures a checkpoint is judged by, all on data it was not trained on (except ``qa_train``).
 
@@ -108,11 +122,7 @@ def pretrain(name: str, out: Path = ASSETS, steps: int | None = None, progress: 
         raise ValueError(f"name must be one of {sorted(RECIPES)}, got {name!r}")
     recipe = RECIPES[name]
     train_config = replace(recipe.train, progress=progress, **({"steps": steps} if steps else {}))
-    corpus = build_corpus(0)
-    tokenizer = course_tokenizer(0)
-    stream = token_stream(tokenizer, corpus.train_texts)
-    heldout = token_stream(tokenizer, corpus.heldout_texts)
-    eval_batches = [random_windows(heldout, recipe.batch_size, recipe.seq_len, torch.Generator().manual_seed(i)) for i in range(4)]
+    corpus, tokenizer, stream, eval_batches = training_data(recipe.batch_size, recipe.seq_len)
 
     seed_everything(train_config.seed)
     model = DecoderLM(recipe.model)
@@ -157,11 +167,7 @@ def uptrain(model: DecoderLM, steps: int = 120, lr: float = 1e-3, seed: int = 1,
     cosine decay from ``lr`` to ``lr / 10``, held-out loss at the start and the end. Returns
     the :class:`course_lib.train.History`. Defined in lesson 06.
     """
-    corpus = build_corpus(0)
-    tokenizer = course_tokenizer(0)
-    stream = token_stream(tokenizer, corpus.train_texts)
-    heldout = token_stream(tokenizer, corpus.heldout_texts)
-    eval_batches = [random_windows(heldout, batch_size, seq_len, torch.Generator().manual_seed(i)) for i in range(4)]
+    _, _, stream, eval_batches = training_data(batch_size, seq_len)
     config = TrainConfig(steps=steps, lr=lr, min_lr=lr / 10, warmup_steps=max(1, steps // 10), eval_every=steps,
                          seed=seed, progress=progress)
     model.train()
