@@ -9,10 +9,14 @@ from course_lib.checks import kvcache as kv_checks
 from tests.mutants import kvcache as mutants
 
 
-def test_transformers_repeat_kv_passes():
+def test_transformers_repeat_kv_is_refused():
+    """Wrapping transformers' own repeat_kv is not an answer: the exercise is to write it."""
     from transformers.models.llama.modeling_llama import repeat_kv
 
-    kv_checks.check_repeat_kv(repeat_kv)
+    with pytest.raises(AssertionError, match="transformers"):
+        kv_checks.check_repeat_kv(repeat_kv)
+    with pytest.raises(AssertionError, match="transformers"):
+        kv_checks.check_repeat_kv(lambda x, n_rep: repeat_kv(x, n_rep))
 
 
 def test_sdpa_with_enable_gqa_passes_the_step_checks():

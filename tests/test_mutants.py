@@ -10,13 +10,7 @@ to each mutant from tests/mutants/.
 
 from __future__ import annotations
 
-import math
-
-import numpy as np
 import pytest
-import torch
-import torch.nn.functional as F
-from torch import nn
 
 from tests.mutants import attention as attention_mutants
 from tests.mutants import basics as basics_mutants
@@ -25,34 +19,13 @@ from tests.mutants import formats as formats_mutants
 from tests.mutants import kvcache as kvcache_mutants
 from tests.mutants import memory as memory_mutants
 from tests.mutants import models as models_mutants
-from tests.conftest import REPO
-
-nbformat = pytest.importorskip("nbformat")
+from tests import answers
 
 MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants, memory_mutants, formats_mutants, flash_mutants, kvcache_mutants]
 MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}
 
 
-def graded_cells():
-    """(lesson, grade_id, answer cell source, test cell source) for every graded test cell."""
-    found = []
-    for path in sorted((REPO / "solutions").glob("*/*.ipynb")):
-        nb = nbformat.read(path, as_version=4)
-        by_id = {c.metadata.get("nbgrader", {}).get("grade_id"): c for c in nb.cells}
-        for cell in nb.cells:
-            meta = cell.metadata.get("nbgrader", {})
-            if meta.get("grade") and cell.cell_type == "code" and meta.get("points", 0) > 0:
-                name = meta["grade_id"].removeprefix("test_")
-                answer = by_id.get(name)
-                found.append((path.parent.name, meta["grade_id"], name, answer.source if answer else None, cell.source))
-    return found
-
-
-CELLS = graded_cells()
-
-
-def namespace():
-    return {"torch": torch, "F": F, "nn": nn, "math": math, "np": np}
+CELLS = list(answers.graded_cells())
 
 
 def test_every_graded_cell_has_at_least_three_mutants():
@@ -68,7 +41,7 @@ def test_no_mutants_for_cells_that_do_not_exist():
 
 @pytest.mark.parametrize("lesson,grade_id,name,answer,test", CELLS, ids=[c[1] for c in CELLS])
 def test_solution_passes_its_test_cell(lesson, grade_id, name, answer, test):
-    ns = namespace()
+    ns = answers.namespace()
     exec(compile(answer, f"{lesson}:{name}", "exec"), ns)
     exec(compile(test, f"{lesson}:{grade_id}", "exec"), ns)
 
@@ -83,7 +56,7 @@ MUTANT_CASES = [
 @pytest.mark.parametrize("grade_id,name,mutant_name,mutant,test", MUTANT_CASES, ids=[f"{c[0]}-{c[2]}" for c in MUTANT_CASES])
 def test_mutant_fails_its_test_cell(grade_id, name, mutant_name, mutant, test):
     """The checks draw fresh random inputs; a mutant must fail whatever they draw (10 draws)."""
-    ns = namespace()
+    ns = answers.namespace()
     if isinstance(mutant, dict):  # an exercise that defines several functions
         ns.update(mutant)
     else:

@@ -14,9 +14,36 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import attention as ref
-from course_lib.checks.common import call, expect_tensor, new_generator, randint, refuse_reference
+from course_lib.checks.common import call, expect_tensor, new_generator, randint
+from course_lib.checks.guard import Rules, watched
 
 _DTYPES = (torch.float32, torch.float64)
+
+
+SOFTMAX = Rules(
+    "softmax", references=("course_lib.attention:softmax",),
+    functions=("torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax", "torch.special.softmax",
+               "torch.log_softmax", "torch.Tensor.log_softmax", "torch.nn.functional.log_softmax"),
+    ops=("aten._softmax", "aten._log_softmax", "aten._safe_softmax"),
+    why="The exercise is to write softmax from exp, a maximum and a sum, without torch.softmax or F.softmax.",
+)
+CAUSAL_MASK = Rules("causal_mask", references=("course_lib.attention:causal_mask",))
+SCALED_DOT_PRODUCT_ATTENTION = Rules(
+    "scaled_dot_product_attention",
+    references=("course_lib.attention:scaled_dot_product_attention", "course_lib.attention:MultiHeadAttention"),
+    functions=("torch.nn.functional.scaled_dot_product_attention", "torch.nn.functional.multi_head_attention_forward"),
+    ops=("aten._scaled_dot_product*", "aten.scaled_dot_product_attention", "aten._fused_sdp_choice"),
+    why="The exercise is to compute the scores, the masked softmax and the weighted sum yourself, "
+        "without F.scaled_dot_product_attention.",
+)
+MULTI_HEAD_ATTENTION = Rules(
+    "multi_head_attention",
+    references=("course_lib.attention:MultiHeadAttention", "torch.nn.modules.activation:MultiheadAttention",
+                "course_lib.models:RotarySelfAttention"),
+    functions=("torch.nn.functional.multi_head_attention_forward",),
+    ops=("aten._native_multi_head_attention",),
+    why="The exercise is to project, split the heads, attend and merge yourself (F.scaled_dot_product_attention may do step 3).",
+)
 
 
 # --------------------------------------------------------------------------- softmax
@@ -24,7 +51,7 @@ _DTYPES = (torch.float32, torch.float64)
 
 def check_softmax(softmax, seed: int | None = None, n_cases: int = 12) -> None:
     """``softmax(x, dim=-1)`` on random tensors of 1 to 4 dims, float32 and float64, every ``dim``."""
-    refuse_reference(softmax, ref.softmax, "softmax")
+    softmax = watched(softmax, SOFTMAX)
     gen, seed = new_generator(seed)
     for case in range(n_cases):
         n_dims = randint(gen, 1, 4)
@@ -42,6 +69,7 @@ def check_softmax(softmax, seed: int | None = None, n_cases: int = 12) -> None:
 
 def check_softmax_edge_cases(softmax) -> None:
     """Large scores, ``-inf`` scores and fully masked rows (see the docstring of the exercise)."""
+    softmax = watched(softmax, SOFTMAX)
     cases = [
         ("scores far apart", torch.tensor([[1e4, -1e4, 0.0]]), -1),
         ("large equal scores", torch.tensor([[1000.0, 1000.0], [-1000.0, -1000.0]]), -1),
@@ -61,7 +89,7 @@ def check_softmax_edge_cases(softmax) -> None:
 
 def check_causal_mask(causal_mask, seed: int | None = None) -> None:
     """``causal_mask(n_q, n_k)``: boolean ``(n_q, n_k)``, ``True`` where query i may see key j (j <= i)."""
-    refuse_reference(causal_mask, ref.causal_mask, "causal_mask")
+    causal_mask = watched(causal_mask, CAUSAL_MASK)
     gen, seed = new_generator(seed)
     sizes = [(1, 1), (4, 4), (3, 5), (5, 3)]
     sizes += [(randint(gen, 1, 9), randint(gen, 1, 9)) for _ in range(6)]
@@ -72,6 +100,7 @@ def check_causal_mask(causal_mask, seed: int | None = None) -> None:
 
 def check_causal_mask_against_torch(causal_mask) -> None:
     """The mask gives PyTorch's ``is_causal=True`` attention, also for ``n_q != n_k``."""
+    causal_mask = watched(causal_mask, CAUSAL_MASK)
     gen, _ = new_generator(0)
     for n_q, n_k in [(6, 6), (2, 7), (7, 2), (1, 1)]:
         q = torch.randn(2, n_q, 8, generator=gen, dtype=torch.float64)
@@ -99,7 +128,7 @@ def check_scaled_dot_product_attention(attention, seed: int | None = None, n_cas
     Random batch shapes, query length != key length, E != Ev, float32 and float64,
     with no mask and with boolean masks of shape ``(L, S)``.
     """
-    refuse_reference(attention, ref.scaled_dot_product_attention, "scaled_dot_product_attention")
+    attention = watched(attention, SCALED_DOT_PRODUCT_ATTENTION)
     gen, seed = new_generator(seed)
     for case in range(n_cases):
         batch_shape = tuple(randint(gen, 1, 3) for _ in range(randint(gen, 0, 2)))
@@ -124,6 +153,7 @@ def check_scaled_dot_product_attention(attention, seed: int | None = None, n_cas
 
 def check_scaled_dot_product_attention_edge_cases(attention) -> None:
     """Broadcast padding masks, a fully masked query (all-zero output) and large scores."""
+    attention = watched(attention, SCALED_DOT_PRODUCT_ATTENTION)
     gen, _ = new_generator(1)
     q, k, v = _random_qkv(gen, (2, 3), 4, 5, 8, 6, torch.float64)
     pad = ref.padding_mask(torch.tensor([5, 2]), 5)  # (2, 1, 1, 5)
@@ -163,6 +193,7 @@ def check_multi_head_attention(mha, seed: int | None = None, n_cases: int = 8) -
     ``x`` is ``(batch, seq, d_model)``; the four weights are ``(d_model, d_model)`` in
     ``nn.Linear``'s layout (``q = x @ w_q.T``).
     """
+    mha = watched(mha, MULTI_HEAD_ATTENTION)
     gen, seed = new_generator(seed)
     for case in range(n_cases):
         n_heads = randint(gen, 1, 4)
@@ -183,6 +214,7 @@ def check_multi_head_attention(mha, seed: int | None = None, n_cases: int = 8) -
 
 def check_multi_head_attention_against_torch(mha) -> None:
     """The same computation as ``torch.nn.MultiheadAttention`` (no biases), with many heads and a longer sequence."""
+    mha = watched(mha, MULTI_HEAD_ATTENTION)
     gen, _ = new_generator(2)
     d_model, n_heads = 32, 8
     torch_mha = torch.nn.MultiheadAttention(d_model, n_heads, bias=False, batch_first=True, dtype=torch.float64)

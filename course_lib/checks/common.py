@@ -24,12 +24,6 @@ def randint(gen: torch.Generator, low: int, high: int) -> int:
     return int(torch.randint(low, high + 1, (1,), generator=gen))
 
 
-def refuse_reference(fn, reference, name: str) -> None:
-    """Fail when the learner passes the course's own reference instead of their function."""
-    if fn is reference:
-        raise AssertionError(f"write your own {name} rather than passing the course's reference")
-
-
 def expect_int(got, expected: int, what: str) -> None:
     """Fail unless ``got`` is a Python ``int`` (not a float or a tensor) equal to ``expected``."""
     if type(got) is not int:

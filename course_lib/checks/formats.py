@@ -9,6 +9,20 @@ import torch
 
 from course_lib import formats
 from course_lib.checks.common import call, expect_tensor, new_generator
+from course_lib.checks.guard import Rules, watched
+
+
+DECODE_FP16 = Rules(
+    "decode_fp16", modules=("course_lib.formats", "numpy", "struct", "_struct", "ml_dtypes"), dtypes=("float16",),
+    functions=("torch.Tensor.numpy", "torch.from_numpy", "torch.frombuffer"),
+    why="The exercise is to take the 16 bits apart with shifts and masks and compute the value with math, "
+        "without numpy, struct, ml_dtypes, torch.float16 or course_lib.formats.",
+)
+ROUND_TO_BF16 = Rules(
+    "round_to_bf16", modules=("course_lib.formats", "numpy", "ml_dtypes"), dtypes=("bfloat16",),
+    functions=("torch.Tensor.numpy", "torch.from_numpy"),
+    why="The exercise is to round with integer operations on x.view(torch.int32), without making a torch.bfloat16 tensor.",
+)
 
 
 def _expect_float(got, expected: float, what: str) -> None:
@@ -28,6 +42,7 @@ def _numpy_fp16(bits: int) -> float:
 
 def check_decode_fp16(decode_fp16, seed: int | None = None, n_cases: int = 300) -> None:
     """``decode_fp16(bits)`` on random 16-bit patterns (normal numbers), against numpy's float16."""
+    decode_fp16 = watched(decode_fp16, DECODE_FP16)
     gen, seed = new_generator(seed)
     patterns = torch.randint(0, 2**16, (n_cases,), generator=gen).tolist()
     for bits in patterns:
@@ -39,6 +54,7 @@ def check_decode_fp16(decode_fp16, seed: int | None = None, n_cases: int = 300) 
 
 def check_decode_fp16_edge_cases(decode_fp16) -> None:
     """Zeros, subnormals, the largest value, infinities and NaN: every one of the 65,536 patterns."""
+    decode_fp16 = watched(decode_fp16, DECODE_FP16)
     for bits in (0x0000, 0x8000, 0x0001, 0x03FF, 0x0400, 0x7BFF, 0xFBFF, 0x7C00, 0xFC00, 0x7E00, 0x7C01, 0x4248, 0x3C00, 0xC000):
         _expect_float(decode_fp16(bits), _numpy_fp16(bits), f"decode_fp16({bits:#06x} = 0b{bits:016b})")
     every = np.arange(2**16, dtype=np.uint16).view(np.float16).astype(np.float64)
@@ -55,6 +71,7 @@ def _bf16_reference(x: torch.Tensor) -> torch.Tensor:
 
 def check_round_to_bf16(round_to_bf16, seed: int | None = None, n: int = 20000) -> None:
     """``round_to_bf16(x)`` on random float32 tensors: bit-exact against ``x.to(torch.bfloat16).float()``."""
+    round_to_bf16 = watched(round_to_bf16, ROUND_TO_BF16)
     gen, seed = new_generator(seed)
     x = torch.randn(n, generator=gen) * torch.exp(torch.randn(n, generator=gen) * 8)
     what = f"round_to_bf16(x) for {n} random float32 values (seed {seed})"
@@ -67,6 +84,7 @@ def check_round_to_bf16(round_to_bf16, seed: int | None = None, n: int = 20000) 
 
 def check_round_to_bf16_edge_cases(round_to_bf16) -> None:
     """Ties (to even), values just above and below a tie, the largest values, subnormals, infinities and NaN."""
+    round_to_bf16 = watched(round_to_bf16, ROUND_TO_BF16)
     one = torch.tensor([1.0]).view(torch.int32)
     ties = [(one + 0x8000 + k * 0x10000).view(torch.float32) for k in range(4)]  # 1 + half an ulp of bf16, and further ties
     pattern = torch.tensor(

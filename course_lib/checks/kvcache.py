@@ -14,9 +14,24 @@ import torch.nn.functional as F
 
 from course_lib import attention as ref
 from course_lib import kvcache
-from course_lib.checks.common import call, expect_int, expect_tensor, new_generator, randint, refuse_reference
+from course_lib.checks.common import call, expect_int, expect_tensor, new_generator, randint
+from course_lib.checks.guard import Rules, watched
 
 _DTYPES = (torch.float32, torch.float64)
+
+
+REPEAT_KV = Rules(
+    "repeat_kv", references=("course_lib.attention:repeat_kv",), modules=("transformers",),
+    why="The exercise is to write repeat_kv yourself, without the course's or transformers' repeat_kv.",
+)
+KV_CACHE_BYTES_FROM_CONFIG = Rules(
+    "kv_cache_bytes_from_config", modules=("course_lib.kvcache", "course_lib.memory", "transformers"),
+    why="The exercise is to read the config and count the bytes yourself.",
+)
+CACHED_ATTENTION_STEP = Rules(
+    "cached_attention_step", modules=("course_lib.kvcache", "course_lib.models", "transformers"),
+    why="The exercise is to append to the caches and attend yourself, without course_lib.kvcache or course_lib.models.",
+)
 
 
 def _randn(gen: torch.Generator, shape, dtype) -> torch.Tensor:
@@ -28,7 +43,7 @@ def _randn(gen: torch.Generator, shape, dtype) -> torch.Tensor:
 
 def check_repeat_kv(repeat_kv, seed: int | None = None, n_cases: int = 10) -> None:
     """``repeat_kv(x, n_rep)``: ``(B, H_kv, S, D) -> (B, H_kv * n_rep, S, D)``, head ``h`` of the result is head ``h // n_rep``."""
-    refuse_reference(repeat_kv, ref.repeat_kv, "repeat_kv")
+    repeat_kv = watched(repeat_kv, REPEAT_KV)
     x = torch.arange(3.0).reshape(1, 3, 1, 1)  # kv heads holding 0, 1, 2
     what = "repeat_kv(x, 2) for x with kv heads [0, 1, 2] (expected query heads [0, 0, 1, 1, 2, 2], not [0, 1, 2, 0, 1, 2])"
     expect_tensor(call(repeat_kv, x, 2, what=what), torch.tensor([0.0, 0, 1, 1, 2, 2]).reshape(1, 6, 1, 1), what)
@@ -46,6 +61,7 @@ def check_repeat_kv(repeat_kv, seed: int | None = None, n_cases: int = 10) -> No
 
 def check_repeat_kv_against_transformers(repeat_kv) -> None:
     """The same tensor as ``transformers``' own ``repeat_kv`` (Llama), which uses ``expand`` and ``reshape``."""
+    repeat_kv = watched(repeat_kv, REPEAT_KV)
     from transformers.models.llama.modeling_llama import repeat_kv as hf_repeat_kv
 
     gen, _ = new_generator(6)
@@ -96,7 +112,7 @@ def _call_with_config(fn, config: dict, *args, what: str):
 
 def check_kv_cache_bytes_from_config(kv_cache_bytes_from_config, seed: int | None = None, n_cases: int = 16) -> None:
     """``kv_cache_bytes_from_config(config, seq_len, batch_size=1, bytes_per_value=2)`` on published and random configs."""
-    refuse_reference(kv_cache_bytes_from_config, kvcache.kv_cache_bytes_from_config, "kv_cache_bytes_from_config")
+    kv_cache_bytes_from_config = watched(kv_cache_bytes_from_config, KV_CACHE_BYTES_FROM_CONFIG)
     gen, seed = new_generator(seed)
     for name, config in kvcache.PUBLISHED_CONFIGS.items():
         seq, batch, nbytes = 1024 * randint(gen, 1, 128), randint(gen, 1, 16), (1, 2, 4)[randint(gen, 0, 2)]
@@ -117,6 +133,7 @@ def check_kv_cache_bytes_from_config(kv_cache_bytes_from_config, seed: int | Non
 
 def check_kv_cache_bytes_from_config_against_transformers(kv_cache_bytes_from_config) -> None:
     """Equals the bytes ``transformers``' Llama really allocates for its cache, and the H200 table of the course."""
+    kv_cache_bytes_from_config = watched(kv_cache_bytes_from_config, KV_CACHE_BYTES_FROM_CONFIG)
     import transformers
 
     for extra in ({}, {"num_key_value_heads": 2}, {"num_key_value_heads": 1, "head_dim": 24},
@@ -184,6 +201,7 @@ def _unpack_step(result, what: str):
 
 def check_cached_attention_step(cached_attention_step, seed: int | None = None, n_cases: int = 10) -> None:
     """One step on random caches: the output ``(B, H, 1, D)`` and the grown caches ``(B, H_kv, T + 1, D)``."""
+    cached_attention_step = watched(cached_attention_step, CACHED_ATTENTION_STEP)
     gen, seed = new_generator(seed)
     # always: MHA, GQA with several kv heads (tiling and interleaving differ), MQA, and an empty cache
     cases = [(2, 2, 2, 4, 3), (1, 4, 1, 8, 5), (2, 1, 3, 4, 0), (1, 3, 2, 16, 1)]
@@ -210,6 +228,7 @@ def check_cached_attention_step(cached_attention_step, seed: int | None = None, 
 
 def check_cached_attention_step_decodes_like_full_attention(cached_attention_step, seed: int | None = None) -> None:
     """Feeding a sequence one token at a time, from an empty cache, gives full causal attention row by row."""
+    cached_attention_step = watched(cached_attention_step, CACHED_ATTENTION_STEP)
     gen, seed = new_generator(seed)
     for b, h, h_kv, n, d, dtype in ((2, 4, 4, 7, 8, torch.float64), (1, 8, 2, 9, 16, torch.float32),
                                     (2, 6, 1, 6, 4, torch.float64), (1, 6, 3, 5, 8, torch.float32)):

@@ -6,6 +6,13 @@ import torch
 
 from course_lib import memory
 from course_lib.checks.common import expect_int, new_generator, randint
+from course_lib.checks.guard import Rules, watched
+
+
+_ARITHMETIC = "The exercise is to count it yourself from the shapes, with arithmetic."
+LLAMA_BLOCK_PARAMS = Rules("llama_block_params", modules=("course_lib.memory", "transformers"), why=_ARITHMETIC)
+MODEL_STATE_BYTES = Rules("model_state_bytes", modules=("course_lib.memory",), why=_ARITHMETIC)
+KV_CACHE_BYTES = Rules("kv_cache_bytes", modules=("course_lib.memory", "course_lib.kvcache", "transformers"), why=_ARITHMETIC)
 
 
 def _llama_shape(d_model: int, n_heads: int, n_kv_heads: int, d_ff: int) -> memory.ModelShape:
@@ -14,6 +21,7 @@ def _llama_shape(d_model: int, n_heads: int, n_kv_heads: int, d_ff: int) -> memo
 
 def check_llama_block_params(llama_block_params, seed: int | None = None, n_cases: int = 12) -> None:
     """``llama_block_params(d_model, n_heads, n_kv_heads, d_ff)`` against the count of real Llama blocks."""
+    llama_block_params = watched(llama_block_params, LLAMA_BLOCK_PARAMS)
     gen, seed = new_generator(seed)
     for _ in range(n_cases):
         head_dim = 2 * randint(gen, 1, 16)
@@ -26,6 +34,7 @@ def check_llama_block_params(llama_block_params, seed: int | None = None, n_case
 
 def check_llama_block_params_against_transformers(llama_block_params) -> None:
     """The count equals ``sum(p.numel())`` of ``transformers``' own ``LlamaDecoderLayer``, and of Llama-3-8B's block."""
+    llama_block_params = watched(llama_block_params, LLAMA_BLOCK_PARAMS)
     from transformers import LlamaConfig
     from transformers.models.llama.modeling_llama import LlamaDecoderLayer
 
@@ -56,6 +65,7 @@ def _expect_states(got, expected: dict[str, int], what: str) -> None:
 
 def check_model_state_bytes(model_state_bytes, seed: int | None = None) -> None:
     """``model_state_bytes(n_params, optimizer, precision)`` for every optimizer and precision."""
+    model_state_bytes = watched(model_state_bytes, MODEL_STATE_BYTES)
     gen, seed = new_generator(seed)
     for optimizer in OPTIMIZERS:
         for precision in PRECISIONS:
@@ -66,6 +76,7 @@ def check_model_state_bytes(model_state_bytes, seed: int | None = None) -> None:
 
 def check_model_state_bytes_against_measurement(model_state_bytes) -> None:
     """Agrees with what PyTorch really allocates for a small model after one AdamW step, and with 16 bytes/param for 1B in fp32."""
+    model_state_bytes = watched(model_state_bytes, MODEL_STATE_BYTES)
     torch.manual_seed(0)
     for precision in ("fp32", "bf16"):
         model = torch.nn.Sequential(torch.nn.Linear(64, 128), torch.nn.ReLU(), torch.nn.Linear(128, 64))
@@ -88,6 +99,7 @@ def check_model_state_bytes_against_measurement(model_state_bytes) -> None:
 
 def check_kv_cache_bytes(kv_cache_bytes, seed: int | None = None, n_cases: int = 12) -> None:
     """``kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_element)``."""
+    kv_cache_bytes = watched(kv_cache_bytes, KV_CACHE_BYTES)
     gen, seed = new_generator(seed)
     for _ in range(n_cases):
         n_kv = randint(gen, 1, 8)
@@ -99,6 +111,7 @@ def check_kv_cache_bytes(kv_cache_bytes, seed: int | None = None, n_cases: int =
 
 def check_kv_cache_bytes_against_a_real_cache(kv_cache_bytes) -> None:
     """Equals the bytes a real ``KVCache`` holds after a forward pass, and the ANCHORS table (32k context)."""
+    kv_cache_bytes = watched(kv_cache_bytes, KV_CACHE_BYTES)
     from course_lib.kvcache import KVCache
     from course_lib.models import DecoderConfig, DecoderLM
 

@@ -8,14 +8,28 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import kvcache, models
-from course_lib.checks.common import call, expect_tensor, new_generator, randint, refuse_reference
+from course_lib.checks.common import call, expect_tensor, new_generator, randint
+from course_lib.checks.guard import Rules, watched
 
 # --------------------------------------------------------------------------- next-token loss
 
 
+NEXT_TOKEN_LOSS = Rules(
+    "next_token_loss", references=("course_lib.models:next_token_loss",), modules=("transformers.loss",),
+)
+MLM_MASK = Rules("mlm_mask", references=("course_lib.models:mlm_mask",), modules=("transformers.data",))
+GREEDY_GENERATE = Rules(
+    "greedy_generate",
+    references=("course_lib.kvcache:generate", "course_lib.kvcache:decode_step", "course_lib.kvcache:sample_next_token"),
+    modules=("transformers.generation",),
+    allowed=("course_lib.checks.models:_CountingModel",),
+    why="The exercise is to write the decoding loop yourself: the prompt once, then one token per step with the cache.",
+)
+
+
 def check_next_token_loss(next_token_loss, seed: int | None = None, n_cases: int = 10) -> None:
     """``next_token_loss(logits, targets, ignore_index=-100)`` against the reference, with and without ignored targets."""
-    refuse_reference(next_token_loss, models.next_token_loss, "next_token_loss")
+    next_token_loss = watched(next_token_loss, NEXT_TOKEN_LOSS)
     gen, seed = new_generator(seed)
     for case in range(n_cases):
         b, t, v = randint(gen, 1, 4), randint(gen, 2, 9), randint(gen, 3, 17)
@@ -32,6 +46,7 @@ def check_next_token_loss(next_token_loss, seed: int | None = None, n_cases: int
 
 def check_next_token_loss_edge_cases(next_token_loss) -> None:
     """A custom ignore index, a known value (uniform logits give log V), and agreement with transformers' Llama loss."""
+    next_token_loss = watched(next_token_loss, NEXT_TOKEN_LOSS)
     logits = torch.zeros(2, 5, 8)
     targets = torch.randint(0, 8, (2, 5), generator=torch.Generator().manual_seed(0))
     what = "next_token_loss on uniform logits over 8 tokens (should be log 8)"
@@ -71,7 +86,7 @@ def check_mlm_mask(mlm_mask, seed: int | None = None) -> None:
 
     Rates are measured on 200,000 tokens; the tolerances are about five standard deviations.
     """
-    refuse_reference(mlm_mask, models.mlm_mask, "mlm_mask")
+    mlm_mask = watched(mlm_mask, MLM_MASK)
     _, seed = new_generator(seed)
     special = (0, 1, 2)
     ids, masked, labels = _mlm_statistics(mlm_mask, 200_000, seed, special)
@@ -107,6 +122,7 @@ def check_mlm_mask(mlm_mask, seed: int | None = None) -> None:
 
 def check_mlm_mask_edge_cases(mlm_mask) -> None:
     """The random tokens are uniform over the vocabulary, the generator makes it repeatable, and the input is not modified."""
+    mlm_mask = watched(mlm_mask, MLM_MASK)
     ids, masked, labels = _mlm_statistics(mlm_mask, 300_000, 5, special_ids=(0,), vocab_size=10, mask_id=1)
     chosen = labels != -100
     replaced = masked[chosen & (masked != ids) & (masked != 1)]
@@ -155,6 +171,7 @@ def check_greedy_generate(greedy_generate, seed: int | None = None) -> None:
     The model is wrapped so that the check can count the tokens fed to it: the prompt once,
     then one token per step, always with the cache.
     """
+    greedy_generate = watched(greedy_generate, GREEDY_GENERATE)
     gen, seed = new_generator(seed)
     for case in range(4):
         model = _tiny_model(seed + case, n_kv_heads=(4, 2, 1, 2)[case])
@@ -178,6 +195,7 @@ def check_greedy_generate(greedy_generate, seed: int | None = None) -> None:
 
 def check_greedy_generate_edge_cases(greedy_generate) -> None:
     """One new token, a one-token prompt, and a longer run with a bigger model."""
+    greedy_generate = watched(greedy_generate, GREEDY_GENERATE)
     for prompt_len, n_new in ((3, 1), (1, 5), (7, 20)):
         model = _tiny_model(100 + prompt_len)
         prompt = torch.randint(0, 37, (2, prompt_len), generator=torch.Generator().manual_seed(n_new))

@@ -6,6 +6,18 @@ import torch
 
 from course_lib import quant
 from course_lib.checks.common import call, expect_tensor, new_generator, randint
+from course_lib.checks.guard import Rules, watched
+
+
+_QUANT_OPS = ("aten.quantize_per*", "aten.fake_quantize*", "aten._fake_quantize*", "aten.dequantize*")
+ABSMAX_INT8 = Rules(
+    "absmax_int8", modules=("course_lib.quant", "course_lib.formats"), ops=_QUANT_OPS,
+    why="The exercise is to compute the scale and the codes yourself, without course_lib.quant or PyTorch's quantization functions.",
+)
+QUANTIZE_INT4_BLOCKS = Rules(
+    "quantize_int4_blocks", modules=("course_lib.quant", "course_lib.formats"), ops=_QUANT_OPS,
+    why="The exercise is to compute the scales and the codes yourself, without course_lib.quant or PyTorch's quantization functions.",
+)
 
 
 def _expect_pair(got, what: str):
@@ -21,6 +33,8 @@ def _weights(gen, shape, dtype=torch.float32):
 
 def check_absmax_int8(absmax_quantize_int8, absmax_dequantize_int8, seed: int | None = None, n_cases: int = 10) -> None:
     """``absmax_quantize_int8(w) -> (q, scale)`` (one scale for the whole tensor) and ``absmax_dequantize_int8(q, scale)``."""
+    absmax_quantize_int8 = watched(absmax_quantize_int8, ABSMAX_INT8)
+    absmax_dequantize_int8 = watched(absmax_dequantize_int8, ABSMAX_INT8)
     gen, seed = new_generator(seed)
     for case in range(n_cases):
         shape = tuple(randint(gen, 1, 9) for _ in range(randint(gen, 1, 3)))
@@ -37,6 +51,8 @@ def check_absmax_int8(absmax_quantize_int8, absmax_dequantize_int8, seed: int | 
 
 def check_absmax_int8_edge_cases(absmax_quantize_int8, absmax_dequantize_int8) -> None:
     """An all-zero tensor (no division by zero), the extremes map to +-127, ties round to even, and an outlier."""
+    absmax_quantize_int8 = watched(absmax_quantize_int8, ABSMAX_INT8)
+    absmax_dequantize_int8 = watched(absmax_dequantize_int8, ABSMAX_INT8)
     w = torch.zeros(4, 4)
     q, scale = absmax_quantize_int8(w)
     expect_tensor(scale, torch.tensor(0.0), "the scale of an all-zero tensor")
@@ -56,6 +72,7 @@ def check_absmax_int8_edge_cases(absmax_quantize_int8, absmax_dequantize_int8) -
 
 def check_blockwise_int4(quantize_int4_blocks, seed: int | None = None, n_cases: int = 8) -> None:
     """``quantize_int4_blocks(w, block_size=64) -> (q, scales)``: absmax int4 codes in [-7, 7], one scale per block of the flattened tensor."""
+    quantize_int4_blocks = watched(quantize_int4_blocks, QUANTIZE_INT4_BLOCKS)
     gen, seed = new_generator(seed)
     for case in range(n_cases):
         block = (64, 32, 16, 8)[case % 4]
@@ -71,6 +88,7 @@ def check_blockwise_int4(quantize_int4_blocks, seed: int | None = None, n_cases:
 
 def check_blockwise_int4_edge_cases(quantize_int4_blocks) -> None:
     """The default block size of 64, a zero block among others, and blocks that run across rows."""
+    quantize_int4_blocks = watched(quantize_int4_blocks, QUANTIZE_INT4_BLOCKS)
     w = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
     w[2] = 0.0
     q, scales = quantize_int4_blocks(w)

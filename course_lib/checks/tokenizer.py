@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
-import torch
-
-from course_lib.checks.common import new_generator, randint, refuse_reference
+from course_lib.checks.common import new_generator, randint
+from course_lib.checks.guard import Rules, watched
 from course_lib.tokenizer import merge_pair as reference_merge_pair
+
+
+MERGE_PAIR = Rules("merge_pair", references=("course_lib.tokenizer:merge_pair", "course_lib.tokenizer:BPETokenizer"),
+                   modules=("tokenizers",))
 
 
 def _expect_tuple(got, expected: tuple, what: str) -> None:
@@ -27,7 +30,7 @@ def _call(merge_pair, word, pair, new_symbol, what):
 
 def check_merge_pair(merge_pair, seed: int | None = None, n_cases: int = 40) -> None:
     """``merge_pair(word, pair, new_symbol)`` on random words over a small alphabet (so pairs repeat and overlap)."""
-    refuse_reference(merge_pair, reference_merge_pair, "merge_pair")
+    merge_pair = watched(merge_pair, MERGE_PAIR)
     gen, seed = new_generator(seed)
     alphabet = ["a", "b", "c", "Ġ", "ab", "bc"]
     for _ in range(n_cases):
@@ -39,6 +42,7 @@ def check_merge_pair(merge_pair, seed: int | None = None, n_cases: int = 40) -> 
 
 def check_merge_pair_edge_cases(merge_pair) -> None:
     """Overlapping runs, pairs at the ends, multi-character symbols, empty and one-symbol words."""
+    merge_pair = watched(merge_pair, MERGE_PAIR)
     cases = [
         (("a", "a", "a"), ("a", "a"), "aa"),
         (("a", "a", "a", "a"), ("a", "a"), "aa"),

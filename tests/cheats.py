@@ -1,0 +1,177 @@
+"""Cheats: answers that wrap the course's reference or take a shortcut the exercise forbids.
+
+``CHEATS`` maps an exercise's grade_id (its test cell) to ``{name: function}``, or, for an
+exercise that defines several functions, ``{name: {function name: function}}``. Every cheat
+gives the right values, so only the watch over the answer (course_lib.checks.guard) can
+reject it: tests/test_guard.py proves that each one fails its test cell with a message that
+names what it used. The grading tests use a few of them in whole notebooks.
+"""
+
+import math
+import struct
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+import course_lib
+import course_lib.attention
+import course_lib.flash
+import course_lib.formats
+import course_lib.kvcache
+import course_lib.memory
+import course_lib.models
+import course_lib.quant
+import course_lib.tokenizer
+from course_lib.checks import attention as attention_checks
+from course_lib.checks import kvcache as kvcache_checks
+
+
+def _disable_modes_softmax(x, dim=-1):
+    from torch.utils._python_dispatch import _disable_current_modes
+
+    with _disable_current_modes():
+        return torch.ops.aten._safe_softmax(x, dim)
+
+
+def _disabled_everything_softmax(x, dim=-1):
+    with torch._C.DisableTorchFunction(), torch._C._DisableTorchDispatch():
+        return torch.ops.aten._safe_softmax(x, dim)
+
+
+def _profiler_off_softmax(x, dim=-1):
+    import sys
+
+    sys.setprofile(None)
+    return torch.softmax(x, dim).nan_to_num(nan=0.0)
+
+
+def _reloaded_reference_softmax(x, dim=-1):
+    import importlib
+
+    return importlib.reload(course_lib.attention).softmax(x, dim)
+
+
+def _decode_fp16_numpy(bits):
+    return float(np.array([bits], dtype=np.uint16).view(np.float16)[0])
+
+
+def _decode_fp16_struct(bits):
+    return struct.unpack("<e", int(bits).to_bytes(2, "little"))[0]
+
+
+def _decode_fp16_torch(bits):
+    return torch.tensor([bits], dtype=torch.int32).to(torch.int16).view(torch.float16).item()
+
+
+def _decode_fp16_tensor_numpy(bits):
+    return float(torch.tensor([bits], dtype=torch.int32).numpy().astype(np.uint16).view(np.float16)[0])
+
+
+def _mha_with_torch_module(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
+    d_model = x.shape[-1]
+    mha = torch.nn.MultiheadAttention(d_model, n_heads, bias=False, batch_first=True, dtype=x.dtype)
+    with torch.no_grad():
+        mha.in_proj_weight.copy_(torch.cat([w_q, w_k, w_v]))
+        mha.out_proj.weight.copy_(w_o)
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1) if is_causal else None
+        return mha(x, x, x, attn_mask=mask, need_weights=False)[0]
+
+
+def _greedy_with_reference(model, input_ids, max_new_tokens):
+    return course_lib.kvcache.generate(model, input_ids, max_new_tokens, strategy="greedy")
+
+
+CHEATS = {
+    "test_tensor_bytes": {
+        "wraps the reference": lambda t: course_lib.memory.tensor_bytes(t),
+    },
+    "test_softmax": {
+        "wraps the reference": lambda x, dim=-1: course_lib.attention.softmax(x, dim),
+        "reloads the reference": _reloaded_reference_softmax,
+        "F.softmax": lambda x, dim=-1: torch.nan_to_num(F.softmax(x, dim=dim), nan=0.0),
+        "torch.softmax": lambda x, dim=-1: torch.nan_to_num(torch.softmax(x, dim), nan=0.0),
+        "Tensor.softmax": lambda x, dim=-1: x.softmax(dim).nan_to_num(nan=0.0),
+        "nn.Softmax": lambda x, dim=-1: torch.nn.Softmax(dim)(x).nan_to_num(nan=0.0),
+        "log_softmax().exp()": lambda x, dim=-1: torch.log_softmax(x, dim).exp().nan_to_num(nan=0.0),
+        "torch.ops.aten._safe_softmax": lambda x, dim=-1: torch.ops.aten._safe_softmax(x, dim),
+        "switches the modes off": _disable_modes_softmax,
+        "disables torch function and dispatch": _disabled_everything_softmax,
+        "switches the profiler off": _profiler_off_softmax,
+    },
+    "test_scaled_dot_product_attention": {
+        "wraps the reference": lambda q, k, v, attn_mask=None: course_lib.attention.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask),
+        "F.scaled_dot_product_attention": lambda q, k, v, attn_mask=None: torch.nan_to_num(F.scaled_dot_product_attention(q, k, v, attn_mask=attn_mask)),
+    },
+    "test_causal_mask": {
+        "wraps the reference": lambda n_q, n_k: course_lib.attention.causal_mask(n_q, n_k),
+    },
+    "test_multi_head_attention": {
+        "the checks' own reference": attention_checks.reference_multi_head_attention,
+        "wraps the checks' own reference": lambda *a, **k: attention_checks.reference_multi_head_attention(*a, **k),
+        "torch.nn.MultiheadAttention": _mha_with_torch_module,
+    },
+    "test_merge_pair": {
+        "wraps the reference": lambda word, pair, new_symbol: course_lib.tokenizer.merge_pair(word, pair, new_symbol),
+    },
+    "test_next_token_loss": {
+        "wraps the reference": lambda logits, targets, ignore_index=-100: course_lib.models.next_token_loss(logits, targets, ignore_index),
+    },
+    "test_mlm_mask": {
+        "wraps the reference": lambda *a, **k: course_lib.models.mlm_mask(*a, **k),
+    },
+    "test_greedy_generate": {
+        "wraps the reference": _greedy_with_reference,
+    },
+    "test_llama_block_params": {
+        "uses course_lib.memory": lambda d, h, kv, ff: course_lib.memory.block_params(
+            course_lib.memory.ModelShape(vocab_size=10, d_model=d, n_layers=1, n_heads=h, n_kv_heads=kv, d_ff=ff)),
+    },
+    "test_kv_cache_bytes": {
+        "uses course_lib.memory": lambda n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size=1, bytes_per_element=2:
+            course_lib.memory.kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_element),
+    },
+    "test_decode_fp16": {
+        "numpy": _decode_fp16_numpy,
+        "struct": _decode_fp16_struct,
+        "torch.float16": _decode_fp16_torch,
+        "Tensor.numpy": _decode_fp16_tensor_numpy,
+        "course_lib.formats": lambda bits: float(course_lib.formats.decode(bits, course_lib.formats.FP16)),
+    },
+    "test_round_to_bf16": {
+        "x.to(torch.bfloat16)": lambda x: x.to(torch.bfloat16).float(),
+        "x.bfloat16()": lambda x: x.bfloat16().to(torch.float32),
+        "course_lib.formats": lambda x: torch.from_numpy(course_lib.formats.round_to(x.double().numpy(), course_lib.formats.BF16)).float(),
+    },
+    "test_absmax_int8": {
+        "course_lib.quant": {
+            "absmax_quantize_int8": lambda w: course_lib.quant.absmax_quantize(w, bits=8),
+            "absmax_dequantize_int8": lambda q, scale: course_lib.quant.absmax_dequantize(q, scale),
+        },
+    },
+    "test_quantize_int4_blocks": {
+        "course_lib.quant": lambda w, block_size=64: course_lib.quant.absmax_quantize(w, bits=4, block_size=block_size),
+    },
+    "test_online_softmax_update": {
+        "course_lib.flash": lambda m, l, acc, scores, v: course_lib.flash.online_softmax_update(m, l, acc, scores, v),
+    },
+    "test_forward_tile_step": {
+        "course_lib.flash": lambda *a, **k: course_lib.flash.forward_tile_step(*a, **k),
+    },
+    "test_causal_tile_skip": {
+        "course_lib.flash": lambda q_start, q_end, k_start: course_lib.flash.causal_tile_skip(q_start, q_end, k_start),
+    },
+    "test_repeat_kv": {
+        "wraps the reference": lambda x, n_rep: course_lib.attention.repeat_kv(x, n_rep),
+    },
+    "test_cached_attention_step": {
+        "the checks' own reference": kvcache_checks.reference_cached_attention_step,
+    },
+    "test_kv_cache_bytes_from_config": {
+        "wraps the reference": lambda config, seq_len, batch_size=1, bytes_per_value=2:
+            course_lib.kvcache.kv_cache_bytes_from_config(config, seq_len, batch_size, bytes_per_value),
+    },
+}
+
+# The answers above are right in value: prove it for the few whose exercise has no other check on it.
+assert math.isclose(_decode_fp16_struct(0x3C00), 1.0)
