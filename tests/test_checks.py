@@ -151,3 +151,16 @@ def test_call_detects_in_place_changes():
 def test_failure_messages_name_the_call_and_the_seed():
     with pytest.raises(AssertionError, match=r"softmax\(x, dim=.*\(seed 11\)"):
         attention_checks.check_softmax(lambda x, dim=-1: solution("softmax")(x, dim) * 2, seed=11)
+
+
+def test_expect_same_device_catches_a_new_tensor_on_the_cpu_and_spares_data_dependent_answers():
+    from course_lib.checks.common import expect_same_device, on_meta
+
+    (x,) = on_meta(torch.randn(3, 4).t())
+    assert x.device.type == "meta" and x.stride() == (1, 4)
+    expect_same_device(lambda t: t * 2, x, what="f(x)")
+    expect_same_device(lambda t: t if t.abs().max() == 0 else t * 2, x, what="f(x)")  # needs values: not judged
+    with pytest.raises(AssertionError, match="mixes devices"):
+        expect_same_device(lambda t: t - torch.zeros(t.shape), x, what="f(x)")
+    with pytest.raises(AssertionError, match="keep the input's device"):
+        expect_same_device(lambda t: torch.zeros(t.shape), x, what="f(x)")

@@ -71,3 +71,35 @@ def expect_tensor(got, expected: torch.Tensor, what: str, *, atol: float | None 
         torch.testing.assert_close(got, expected, atol=atol, rtol=rtol)
     except AssertionError as err:
         raise AssertionError(f"{what} returns wrong values.\n{err}") from None
+
+
+def on_meta(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
+    """The same shapes, dtypes and strides on PyTorch's ``meta`` device: tensors without data.
+
+    A CPU has no second device to test "keeps the input's device" with; ``meta`` is one. An
+    answer that makes a new tensor without ``device=x.device`` (or calls ``.cpu()``) fails on it
+    exactly as it would on a GPU.
+    """
+    return tuple(torch.empty_strided(t.shape, t.stride(), dtype=t.dtype, device="meta") for t in tensors)
+
+
+def expect_same_device(fn, *args, what: str, **kwargs) -> None:
+    """Call ``fn`` on ``meta`` tensors and fail if a tensor it returns, or makes on the way, is on another device.
+
+    An answer that needs the values themselves (``.item()``, ``if x.max() == 0``) cannot run on
+    ``meta``; that is not a mistake, and such an answer is not judged here.
+    """
+    try:
+        result = fn(*args, **kwargs)
+    except (RuntimeError, NotImplementedError) as err:
+        text = str(err)
+        if "device" in text and "meta" in text and "cannot be called on meta" not in text:
+            raise AssertionError(
+                f"{what} mixes devices ({text.splitlines()[0]}): make new tensors on the input's device, "
+                "e.g. torch.zeros(..., device=x.device) or torch.zeros_like(x)"
+            ) from None
+        return
+    outputs = result if isinstance(result, (tuple, list)) else (result,)
+    for out in outputs:
+        if isinstance(out, torch.Tensor) and out.device.type != "meta":
+            raise AssertionError(f"{what} returned a tensor on {out.device} for inputs on another device: keep the input's device")
