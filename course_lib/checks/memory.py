@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from course_lib import memory
-from course_lib.checks.common import expect_int, new_generator, randint
+from course_lib.checks.common import call, expect_int, new_generator, randint
 from course_lib.checks.guard import Rules, watched
 
 
@@ -19,17 +19,73 @@ def _llama_shape(d_model: int, n_heads: int, n_kv_heads: int, d_ff: int) -> memo
     return memory.ModelShape(vocab_size=1000, d_model=d_model, n_layers=1, n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=d_ff)
 
 
+def _call_text(name: str, args: tuple, kwargs: dict) -> str:
+    """How a call looks in a message: ``kv_cache_bytes(32, 32, 8, 128, 4096, bytes_per_element=1)``."""
+    parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
+    return f"{name}({', '.join(parts)})"
+
+
+def _ask(fn, args: tuple, kwargs: dict, what: str):
+    """``fn(*args, **kwargs)``; an error it raises fails the check with a message that names the call."""
+    try:
+        return call(fn, *args, what=what, **kwargs)
+    except AssertionError:
+        raise
+    except Exception as err:
+        raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from err
+
+
+def _split_call(gen, names: tuple[str, ...], values: tuple, required: int, cut: int | None = None) -> tuple[tuple, dict]:
+    """The arguments of one call: the first ``cut`` (at random when None) positional, the others by keyword.
+
+    The first ``required`` always go in; an optional one that is None in ``values`` is left
+    out, so the answer's own default is used.
+    """
+    cut = randint(gen, 0, len(names)) if cut is None else cut
+    args, kwargs = [], {}
+    for i, (name, value) in enumerate(zip(names, values)):
+        if value is None and i >= required:
+            cut = min(cut, i)
+            continue
+        if i < cut:
+            args.append(value)
+        else:
+            kwargs[name] = value
+    return tuple(args), kwargs
+
+
+# Real models (d_model, n_heads, n_kv_heads, d_ff), and shapes whose count is beyond 2**53, where
+# an answer that computes in floats (d_model / n_heads, 2.0 * ...) and converts with int() is off.
+LLAMA_SHAPES = {
+    "Llama-2-70B": (8192, 64, 8, 28672),
+    "Llama-3.1-405B": (16384, 128, 8, 53248),
+    "a block beyond 2**53 parameters": (3 * (2**25 + 1), 3, 1, 2**28 + 3),
+    "another block beyond 2**53 parameters": (5 * (2**24 + 3), 5, 1, 3 * 2**27 + 5),
+}
+_BLOCK_ARGS = ("d_model", "n_heads", "n_kv_heads", "d_ff")
+
+
+def _random_llama_shape(gen, grouped: bool) -> tuple[int, int, int, int]:
+    """d_model, n_heads, n_kv_heads, d_ff with any head_dim (odd ones too) and any d_ff; ``grouped``: n_heads > n_kv_heads."""
+    head_dim = randint(gen, 1, 160)
+    n_kv = randint(gen, 1, 8)
+    n_heads = n_kv * randint(gen, 2 if grouped else 1, 8)
+    return n_heads * head_dim, n_heads, n_kv, randint(gen, 1, 30000)
+
+
 def check_llama_block_params(llama_block_params, seed: int | None = None, n_cases: int = 12) -> None:
-    """``llama_block_params(d_model, n_heads, n_kv_heads, d_ff)`` against the count of real Llama blocks."""
+    """``llama_block_params(d_model, n_heads, n_kv_heads, d_ff)`` against the count of real Llama blocks.
+
+    Random shapes (GQA among them, any head_dim and d_ff), then real models' shapes and
+    counts beyond 2**53; the result must be a Python int.
+    """
     llama_block_params = watched(llama_block_params, LLAMA_BLOCK_PARAMS)
     gen, seed = new_generator(seed)
-    for _ in range(n_cases):
-        head_dim = 2 * randint(gen, 1, 16)
-        n_kv = randint(gen, 1, 4)
-        n_heads = n_kv * randint(gen, 1, 4)
-        d_model, d_ff = n_heads * head_dim, 8 * randint(gen, 1, 64)
-        what = f"llama_block_params(d_model={d_model}, n_heads={n_heads}, n_kv_heads={n_kv}, d_ff={d_ff}) (seed {seed})"
-        expect_int(llama_block_params(d_model, n_heads, n_kv, d_ff), memory.block_params(_llama_shape(d_model, n_heads, n_kv, d_ff)), what)
+    cases = [(f"seed {seed}", _random_llama_shape(gen, grouped=i % 2 == 0)) for i in range(n_cases)]
+    for label, shape in [*cases, *LLAMA_SHAPES.items()]:
+        args, kwargs = _split_call(gen, _BLOCK_ARGS, shape, required=4, cut=4)  # positional, as the lesson calls it
+        what = f"{_call_text('llama_block_params', args, kwargs)} ({label})"
+        expect_int(_ask(llama_block_params, args, kwargs, what), memory.block_params(_llama_shape(*shape)), what)
 
 
 def check_llama_block_params_against_transformers(llama_block_params) -> None:
@@ -64,14 +120,20 @@ def _expect_states(got, expected: dict[str, int], what: str) -> None:
 
 
 def check_model_state_bytes(model_state_bytes, seed: int | None = None) -> None:
-    """``model_state_bytes(n_params, optimizer, precision)`` for every optimizer and precision."""
+    """``model_state_bytes(n_params, optimizer, precision)`` for every optimizer and precision.
+
+    Random sizes up to a trillion parameters, then sizes beyond 2**53 (where an answer that
+    computes in floats and converts with int() is off), passed positionally or by keyword.
+    """
     model_state_bytes = watched(model_state_bytes, MODEL_STATE_BYTES)
     gen, seed = new_generator(seed)
     for optimizer in OPTIMIZERS:
         for precision in PRECISIONS:
-            n = randint(gen, 1, 10**6) * randint(gen, 1, 1000)
-            what = f"model_state_bytes({n}, {optimizer!r}, {precision!r}) (seed {seed})"
-            _expect_states(model_state_bytes(n, optimizer, precision), _reference_states(n, optimizer, precision), what)
+            huge = 2**53 + 2 * randint(gen, 0, 2**40) + 1  # odd: n * 4 needs 55 bits
+            for n, label in ((randint(gen, 1, 10**6) * randint(gen, 1, 10**6), f"seed {seed}"), (huge, "beyond 2**53")):
+                args, kwargs = _split_call(gen, ("n_params", "optimizer", "precision"), (n, optimizer, precision), required=3)
+                what = f"{_call_text('model_state_bytes', args, kwargs)} ({label})"
+                _expect_states(_ask(model_state_bytes, args, kwargs, what), _reference_states(n, optimizer, precision), what)
 
 
 def check_model_state_bytes_against_measurement(model_state_bytes) -> None:
@@ -97,16 +159,43 @@ def check_model_state_bytes_against_measurement(model_state_bytes) -> None:
     expect_int(total, 16 * 10**9, "the model states of 1B parameters, fp32 AdamW (16 bytes per parameter)")
 
 
+_KV_ARGS = ("n_layers", "n_heads", "n_kv_heads", "head_dim", "seq_len", "batch_size", "bytes_per_element")
+# (n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_element): Llama-3-70B at
+# 128k tokens, and a cache beyond 2**53 bytes, where an answer computing in floats is off.
+KV_SHAPES = {
+    "Llama-3-70B, 128k tokens, batch 64": (80, 64, 8, 128, 131072, 64, 2),
+    "a cache beyond 2**53 bytes": (125, 15, 5, 255, 1_000_003, 999_983, 1),
+}
+
+
+def _random_kv_shape(gen) -> tuple:
+    """Random arguments with n_heads > n_kv_heads, any head_dim; batch_size and bytes_per_element None (the default) at times."""
+    n_kv = randint(gen, 1, 16)
+    batch = (None, randint(gen, 2, 64))[randint(gen, 0, 1)]
+    nbytes = (None, 1, 4, 8)[randint(gen, 0, 3)]
+    return (randint(gen, 1, 128), n_kv * randint(gen, 2, 8), n_kv, randint(gen, 1, 256), randint(gen, 1, 131072), batch, nbytes)
+
+
 def check_kv_cache_bytes(kv_cache_bytes, seed: int | None = None, n_cases: int = 12) -> None:
-    """``kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_element)``."""
+    """``kv_cache_bytes(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size=1, bytes_per_element=2)``.
+
+    Random arguments passed positionally or by keyword, the defaults (batch_size=1,
+    bytes_per_element=2) left out at times, then real and beyond-2**53 sizes; a Python int.
+    """
     kv_cache_bytes = watched(kv_cache_bytes, KV_CACHE_BYTES)
     gen, seed = new_generator(seed)
-    for _ in range(n_cases):
-        n_kv = randint(gen, 1, 8)
-        args = (randint(gen, 1, 40), n_kv * randint(gen, 1, 8), n_kv, 16 * randint(gen, 1, 8), randint(gen, 1, 4096), randint(gen, 1, 16), (1, 2, 4)[randint(gen, 0, 2)])
-        n_layers, _, _, head_dim, seq, batch, nbytes = args
-        what = f"kv_cache_bytes{args} (seed {seed})"
-        expect_int(kv_cache_bytes(*args), memory.kv_cache_bytes(n_layers, n_kv, head_dim, seq, batch, nbytes), what)
+    cases = [(f"seed {seed}", _random_kv_shape(gen), None) for _ in range(n_cases)]
+    cases += [(f"{label}, seed {seed}", (*_random_kv_shape(gen)[:5], batch, nbytes), 7) for label, batch, nbytes in (
+        ("the defaults batch_size=1 and bytes_per_element=2", None, None),
+        ("batch_size given positionally, the default bytes_per_element=2", randint(gen, 3, 64), None),
+        ("bytes_per_element by keyword, the default batch_size=1", None, (1, 4)[randint(gen, 0, 1)]),
+    )]
+    for label, values, cut in [*cases, *((label, values, None) for label, values in KV_SHAPES.items())]:
+        args, kwargs = _split_call(gen, _KV_ARGS, values, required=5, cut=cut)
+        n_layers, _, n_kv, head_dim, seq, batch, nbytes = values
+        expected = memory.kv_cache_bytes(n_layers, n_kv, head_dim, seq, 1 if batch is None else batch, 2 if nbytes is None else nbytes)
+        what = f"{_call_text('kv_cache_bytes', args, kwargs)} ({label})"
+        expect_int(_ask(kv_cache_bytes, args, kwargs, what), expected, what)
 
 
 def check_kv_cache_bytes_against_a_real_cache(kv_cache_bytes) -> None:

@@ -2,10 +2,13 @@
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from course_lib import quant
-from course_lib.checks.common import call, expect_tensor, new_generator, randint
+from course_lib.checks.common import expect_tensor, new_generator, randint
+from course_lib.checks.formats import call_explained, expect_device_kept
 from course_lib.checks.guard import Rules, watched
 
 
@@ -31,73 +34,196 @@ def _weights(gen, shape, dtype=torch.float32):
     return w.to(dtype)
 
 
-def check_absmax_int8(absmax_quantize_int8, absmax_dequantize_int8, seed: int | None = None, n_cases: int = 10) -> None:
+def _non_contiguous(w: torch.Tensor) -> torch.Tensor:
+    """The same values (same shape, same logical order) stored the other way round: ``w.t()`` of a copy, for any dims."""
+    dims = tuple(reversed(range(w.dim())))
+    return w.permute(dims).contiguous().permute(dims)
+
+
+def _tie_grid(gen, n_groups: int, group: int, q_max: int, dtype) -> torch.Tensor:
+    """Groups whose max|w| is ``q_max * 2**e`` (so the scale is ``2**e`` exactly) and whose values are halves ``k/2 * 2**e``.
+
+    ``w / scale`` is then exact, and half of the values are ties: 0.5, 1.5, -2.5, ...
+    """
+    halves = torch.randint(-2 * q_max, 2 * q_max + 1, (n_groups, group), generator=gen).to(dtype) / 2
+    where_max = torch.randint(0, group, (n_groups,), generator=gen)
+    signs = 1.0 - 2 * torch.randint(0, 2, (n_groups,), generator=gen).to(dtype)
+    halves[torch.arange(n_groups), where_max] = q_max * signs
+    powers = torch.randint(-20, 21, (n_groups, 1), generator=gen).to(dtype)
+    return (halves * 2.0**powers).reshape(-1)
+
+
+def _subnormal(k: int, dtype) -> float:
+    """``k`` times the smallest positive subnormal number of ``dtype``."""
+    return k * 2.0 ** (-149 if dtype == torch.float32 else -1074)
+
+
+def _expect_quantized(got, w: torch.Tensor, what: str, bits: int, block_size: int | None = None) -> None:
+    """Fail unless ``got`` is ``(q, scale)`` of absmax quantization of ``w``: q exactly, the scales to the last few bits."""
+    q, scale = _expect_pair(got, what)
+    q_ref, scale_ref = quant.absmax_quantize(w, bits=bits, block_size=block_size)
+    tight = 4 * torch.finfo(w.dtype).eps  # relative: a tiny scale must not pass as "close to 0"
+    expect_tensor(scale, scale_ref, f"the scale{'s' if block_size else ''} of {what}", atol=0.0, rtol=tight)
+    expect_tensor(q, q_ref, f"q of {what}")
+
+
+def _expect_dequantized(absmax_dequantize_int8, q: torch.Tensor, scale: torch.Tensor, what: str) -> None:
+    """Fail unless ``absmax_dequantize_int8(q, scale)`` is ``q * scale`` in scale's dtype, to the last few bits."""
+    got = call_explained(absmax_dequantize_int8, q, scale, what=what)
+    expect_tensor(got, quant.absmax_dequantize(q, scale), what, atol=0.0, rtol=4 * torch.finfo(scale.dtype).eps)
+
+
+def _int8_case(gen, case: int) -> tuple[torch.Tensor, str]:
+    """Random weights for case number ``case``: float32 and float64 in turn, Gaussian or exact ties, contiguous or not."""
+    dtype = (torch.float32, torch.float64)[case % 2]
+    shape = tuple(randint(gen, 1, 9) for _ in range(randint(gen, 1, 3)))
+    if case % 4 >= 2:
+        w, kind = _tie_grid(gen, 1, math.prod(shape), 127, dtype).reshape(shape), "exact ties (max|w| = 127 * 2**e)"
+    else:
+        w, kind = _weights(gen, shape, dtype), "Gaussian"
+    if case % 3 == 2 and w.dim() >= 2:
+        return _non_contiguous(w), f"{kind}, not contiguous"
+    return w, kind
+
+
+def check_absmax_int8(absmax_quantize_int8, absmax_dequantize_int8, seed: int | None = None, n_cases: int = 12) -> None:
     """``absmax_quantize_int8(w) -> (q, scale)`` (one scale for the whole tensor) and ``absmax_dequantize_int8(q, scale)``."""
     absmax_quantize_int8 = watched(absmax_quantize_int8, ABSMAX_INT8)
     absmax_dequantize_int8 = watched(absmax_dequantize_int8, ABSMAX_INT8)
     gen, seed = new_generator(seed)
     for case in range(n_cases):
-        shape = tuple(randint(gen, 1, 9) for _ in range(randint(gen, 1, 3)))
-        dtype = (torch.float32, torch.float64)[case % 2]
-        w = _weights(gen, shape, dtype)
-        what = f"absmax_quantize_int8(w) for w of shape {shape} and {dtype} (seed {seed})"
-        q, scale = _expect_pair(call(absmax_quantize_int8, w, what=what), what)
-        q_ref, scale_ref = quant.absmax_quantize(w, bits=8)
-        expect_tensor(scale, scale_ref, f"the scale of {what}")
-        expect_tensor(q, q_ref, f"q of {what}")
-        back = f"absmax_dequantize_int8(q, scale) after {what}"
-        expect_tensor(call(absmax_dequantize_int8, q_ref, scale_ref, what=back), quant.absmax_dequantize(q_ref, scale_ref), back)
+        w, kind = _int8_case(gen, case)
+        what = f"absmax_quantize_int8(w) for w of shape {tuple(w.shape)} and {w.dtype}, {kind} (seed {seed})"
+        _expect_quantized(call_explained(absmax_quantize_int8, w, what=what), w, what, bits=8)
+        q = torch.randint(-127, 128, w.shape, generator=gen, dtype=torch.int8)
+        scale = torch.tensor(float(torch.empty(()).uniform_(1e-3, 1.0, generator=gen)), dtype=w.dtype)
+        _expect_dequantized(absmax_dequantize_int8, q, scale, f"absmax_dequantize_int8(q, scale) for random int8 q of shape "
+                                                              f"{tuple(q.shape)} and a {scale.dtype} scale (seed {seed})")
+
+
+def _int8_edge_cases() -> list[tuple[torch.Tensor, str]]:
+    """(w, what it is) for the edge cases of absmax int8."""
+    ties = [0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 3.5, -3.5, 62.5, -63.5, 125.5, -126.5, 0.0, 1.0, -127.0, 127.0]
+    cases = []
+    for dtype in (torch.float32, torch.float64):
+        tiny = _subnormal(1, dtype)
+        cases += [
+            (torch.zeros(4, 4, dtype=dtype), "an all-zero tensor (no division by zero: scale 0, codes 0)"),
+            (torch.zeros((), dtype=dtype), "an all-zero 0-d tensor"),
+            (torch.tensor(ties, dtype=dtype), "exact ties with max|w| = 127, scale 1 (ties to even)"),
+            (torch.tensor(ties, dtype=dtype) * 2.0**-3, "exact ties with scale 2**-3"),
+            (torch.tensor(ties, dtype=dtype).reshape(4, 4) * 2.0**10, "exact ties with scale 2**10, as a (4, 4) tensor"),
+            (torch.tensor([1e-40, -3e-41, 5e-42, 0.0], dtype=dtype), "tiny weights (max|w| = 1e-40)"),
+            (torch.tensor([190 * tiny, -64 * tiny, 3 * tiny, 0.0], dtype=dtype), "subnormal weights whose max / scale rounds to 190 (clamp to 127)"),
+            (torch.tensor([63 * tiny, -tiny, 0.0], dtype=dtype), "weights so tiny that max|w| / 127 underflows to 0 (scale 0, codes 0)"),
+            (torch.tensor([-3.0], dtype=dtype), "a single weight"),
+            (torch.tensor(2.5, dtype=dtype), "a 0-d tensor"),
+            (_non_contiguous(torch.arange(-12, 12, dtype=dtype).reshape(4, 6) + 0.5), "a non-contiguous (4, 6) tensor (w.t() of a (6, 4) one)"),
+        ]
+    cases += [
+        (torch.tensor([1e-300, -4e-301, 1e-310, 0.0], dtype=torch.float64), "tiny float64 weights (max|w| = 1e-300)"),
+        (torch.tensor([1e-310, -3e-311, 0.0], dtype=torch.float64), "subnormal float64 weights (max|w| = 1e-310)"),
+        (torch.tensor([3e38, -1.5e38, 1e37, 2.0, -3.4e38]), "huge float32 weights (w * 127 overflows)"),
+        (torch.tensor([1e308, -1.7e308, 5e307, 1.0], dtype=torch.float64), "huge float64 weights (w * 127 overflows)"),
+        (torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, 127 / 254, 3 * 2 / 254]), "[-2, -1, 0, 1, 2, ...] (the extremes become -127 and 127)"),
+    ]
+    outlier = torch.randn(64, generator=torch.Generator().manual_seed(0))
+    outlier[7] = 60.0
+    return cases + [(outlier, "a tensor with one outlier (60.0)")]
 
 
 def check_absmax_int8_edge_cases(absmax_quantize_int8, absmax_dequantize_int8) -> None:
-    """An all-zero tensor (no division by zero), the extremes map to +-127, ties round to even, and an outlier."""
+    """All zeros, exact ties (to even), tiny, subnormal and huge weights, 0-d and non-contiguous tensors, the device."""
     absmax_quantize_int8 = watched(absmax_quantize_int8, ABSMAX_INT8)
     absmax_dequantize_int8 = watched(absmax_dequantize_int8, ABSMAX_INT8)
-    w = torch.zeros(4, 4)
-    q, scale = absmax_quantize_int8(w)
-    expect_tensor(scale, torch.tensor(0.0), "the scale of an all-zero tensor")
-    expect_tensor(q, torch.zeros(4, 4, dtype=torch.int8), "q of an all-zero tensor")
-    expect_tensor(absmax_dequantize_int8(q, scale), w, "dequantizing an all-zero tensor")
-    w = torch.tensor([-2.0, -1.0, 0.0, 1.0, 2.0, 127 / 254, 3 * 2 / 254])  # 0.5 and 1.5 steps: ties go to even
-    q, scale = absmax_quantize_int8(w)
-    q_ref, scale_ref = quant.absmax_quantize(w, bits=8)
-    expect_tensor(q, q_ref, f"q of {w.tolist()} (the extremes become -127 and 127, ties round to even)")
-    w = torch.randn(64, generator=torch.Generator().manual_seed(0))
-    w[7] = 60.0
-    q, scale = absmax_quantize_int8(w)
-    q_ref, scale_ref = quant.absmax_quantize(w, bits=8)
-    expect_tensor(q, q_ref, "q of a tensor with one outlier (60.0)")
-    expect_tensor(absmax_dequantize_int8(q, scale), quant.absmax_dequantize(q_ref, scale_ref), "dequantized tensor with one outlier")
+    for w, label in _int8_edge_cases():
+        shown = f": w = {w.tolist()}" if w.numel() <= 16 else f" of shape {tuple(w.shape)}"
+        what = f"absmax_quantize_int8(w) for {label}{shown} ({w.dtype})"
+        got = call_explained(absmax_quantize_int8, w, what=what)
+        _expect_quantized(got, w, what, bits=8)
+        q, scale = got
+        _expect_dequantized(absmax_dequantize_int8, q, scale, f"absmax_dequantize_int8(q, scale) after {what}")
+    q = _non_contiguous(torch.arange(-127, 128, 17, dtype=torch.int8).reshape(3, 5))
+    _expect_dequantized(absmax_dequantize_int8, q, torch.tensor(0.25, dtype=torch.float64), "absmax_dequantize_int8(q, 0.25) for a non-contiguous q")
+    w = _non_contiguous(torch.randn(5, 6))
+    expect_device_kept(absmax_quantize_int8, w, what="absmax_quantize_int8(w) for w on another device")
+    expect_device_kept(absmax_dequantize_int8, torch.zeros(5, 6, dtype=torch.int8), torch.tensor(0.5),
+                       what="absmax_dequantize_int8(q, scale) for q and scale on another device")
 
 
-def check_blockwise_int4(quantize_int4_blocks, seed: int | None = None, n_cases: int = 8) -> None:
+def _int4_case(gen, case: int) -> tuple[torch.Tensor, int, str]:
+    """Random weights and a block size for case ``case``: float32 and float64, any number of dims, ties or Gaussian, contiguous or not."""
+    dtype = (torch.float32, torch.float64)[case % 2]
+    block = (64, 32, 16, 8, 48, 5)[case % 6]
+    n_blocks = 2 * randint(gen, 1, 6)
+    n = block * n_blocks
+    shape = ((n,), (2, n // 2), (n_blocks, block), (n_blocks // 2, 2, block), (block, n_blocks))[randint(gen, 0, 4)]
+    if case % 4 >= 2:
+        w, kind = _tie_grid(gen, n_blocks, block, 7, dtype).reshape(shape), "exact ties (max|block| = 7 * 2**e)"
+    else:
+        w, kind = _weights(gen, shape, dtype), "Gaussian"
+        w.reshape(-1)[randint(gen, 0, n - 1)] *= 20  # one block gets a large value
+    if case % 3 == 1 and w.dim() >= 2:
+        return _non_contiguous(w), block, f"{kind}, not contiguous"
+    return w, block, kind
+
+
+def _call_int4(quantize_int4_blocks, w: torch.Tensor, block: int, style: int, label: str):
+    """Call with block_size by keyword (style 0), positionally (1) or left to its default of 64 (2, for blocks of 64)."""
+    if style == 2 and block == 64:
+        what = f"quantize_int4_blocks(w) (the default block_size=64) for w of shape {tuple(w.shape)} and {w.dtype}, {label}"
+        return call_explained(quantize_int4_blocks, w, what=what), what
+    if style == 1:
+        what = f"quantize_int4_blocks(w, {block}) for w of shape {tuple(w.shape)} and {w.dtype}, {label}"
+        return call_explained(quantize_int4_blocks, w, block, what=what), what
+    what = f"quantize_int4_blocks(w, block_size={block}) for w of shape {tuple(w.shape)} and {w.dtype}, {label}"
+    return call_explained(quantize_int4_blocks, w, block_size=block, what=what), what
+
+
+def check_blockwise_int4(quantize_int4_blocks, seed: int | None = None, n_cases: int = 12) -> None:
     """``quantize_int4_blocks(w, block_size=64) -> (q, scales)``: absmax int4 codes in [-7, 7], one scale per block of the flattened tensor."""
     quantize_int4_blocks = watched(quantize_int4_blocks, QUANTIZE_INT4_BLOCKS)
     gen, seed = new_generator(seed)
     for case in range(n_cases):
-        block = (64, 32, 16, 8)[case % 4]
-        shape = (randint(gen, 1, 6), block * randint(gen, 1, 4))
-        w = _weights(gen, shape)
-        w[randint(gen, 0, shape[0] - 1), randint(gen, 0, shape[1] - 1)] *= 20  # one block gets a large value
-        what = f"quantize_int4_blocks(w, block_size={block}) for w of shape {shape} (seed {seed})"
-        q, scales = _expect_pair(call(quantize_int4_blocks, w, block_size=block, what=what), what)
-        q_ref, scales_ref = quant.absmax_quantize(w, bits=4, block_size=block)
-        expect_tensor(scales, scales_ref, f"the scales of {what}")
-        expect_tensor(q, q_ref, f"q of {what}")
+        w, block, kind = _int4_case(gen, case)
+        got, what = _call_int4(quantize_int4_blocks, w, block, case % 3, f"{kind} (seed {seed})")
+        _expect_quantized(got, w, what, bits=4, block_size=block)
+
+
+def _int4_edge_cases() -> list[tuple[torch.Tensor, int | None, str]]:
+    """(w, block_size or None for the default, what it is) for the edge cases of per-block int4."""
+    zero_row = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
+    zero_row[2] = 0.0
+    across = torch.randn(3, 32, generator=torch.Generator().manual_seed(2))
+    across[0, :16] *= 10
+    ties = [0.5, -0.5, 1.5, -1.5, 2.5, -2.5, 3.5, -3.5, 4.5, -5.5, 6.5, -6.5, 7.0, 0.0, 1.0, -7.0]
+    cases = [(zero_row, None, "the default block_size=64, an all-zero row (scale 0, codes 0)"),
+             (across, 48, "blocks of 48 over a (3, 32) tensor (blocks run across rows)")]
+    for dtype in (torch.float32, torch.float64):
+        tiny = _subnormal(1, dtype)
+        cases += [
+            (torch.tensor(ties, dtype=dtype).reshape(2, 8), 8, "exact ties with max|block| = 7, scale 1 (ties to even)"),
+            (torch.tensor(ties, dtype=dtype) * torch.tensor([2.0**-3] * 8 + [2.0**6] * 8, dtype=dtype), 8, "exact ties with scales 2**-3 and 2**6"),
+            (torch.tensor([1e-40, -5e-41, 2e-41, 0.0, 10 * tiny, -7 * tiny, 3 * tiny, tiny, 3 * tiny, -tiny, 0.0, 0.0, 0.0, 0.0, 0.0, 0.0], dtype=dtype), 4,
+             "tiny blocks: max 1e-40; subnormal, max / scale = 10 (clamp to 7); max / 7 underflows to 0 (scale 0, codes 0); all zero"),
+            (torch.tensor([-3.0], dtype=dtype), 1, "a single weight"),
+            (torch.tensor(2.5, dtype=dtype), 1, "a 0-d tensor with block_size=1"),
+            (_non_contiguous(torch.arange(-12, 12, dtype=dtype).reshape(4, 6) * 0.25), 8, "a non-contiguous (4, 6) tensor: blocks follow the logical order"),
+            (torch.arange(-12, 12, dtype=dtype).reshape(2, 3, 4) * 0.5, 6, "a (2, 3, 4) tensor"),
+        ]
+    cases += [
+        (torch.tensor([1e-300, -4e-301, 1e-310, 0.0, 1e-310, -3e-311, 0.0, 0.0], dtype=torch.float64), 4, "tiny float64 blocks (max 1e-300 and 1e-310)"),
+        (torch.tensor([3e38, -1.5e38, 1e37, 2.0, 1.0, -0.5, 0.25, 0.0]), 4, "a block of huge float32 weights (w * 7 overflows)"),
+        (torch.tensor([1e308, -1.7e308, 5e307, 1.0, 1.0, -0.5, 0.25, 0.0], dtype=torch.float64), 4, "a block of huge float64 weights"),
+    ]
+    return cases
 
 
 def check_blockwise_int4_edge_cases(quantize_int4_blocks) -> None:
-    """The default block size of 64, a zero block among others, and blocks that run across rows."""
+    """The default block size of 64, zero blocks, blocks across rows, exact ties, tiny, subnormal and huge blocks, other shapes, the device."""
     quantize_int4_blocks = watched(quantize_int4_blocks, QUANTIZE_INT4_BLOCKS)
-    w = torch.randn(4, 64, generator=torch.Generator().manual_seed(1))
-    w[2] = 0.0
-    q, scales = quantize_int4_blocks(w)
-    q_ref, scales_ref = quant.absmax_quantize(w, bits=4, block_size=64)
-    expect_tensor(scales, scales_ref, "scales with the default block_size=64 and an all-zero row")
-    expect_tensor(q, q_ref, "q with the default block_size=64 and an all-zero row")
-    w = torch.randn(3, 32, generator=torch.Generator().manual_seed(2))  # 96 values: blocks of 48 cross rows
-    w[0, :16] *= 10
-    q, scales = quantize_int4_blocks(w, block_size=48)
-    q_ref, scales_ref = quant.absmax_quantize(w, bits=4, block_size=48)
-    expect_tensor(scales, scales_ref, "scales for blocks of 48 over a (3, 32) tensor (blocks run across rows)")
-    expect_tensor(q, q_ref, "q for blocks of 48 over a (3, 32) tensor")
+    for i, (w, block, label) in enumerate(_int4_edge_cases()):
+        got, what = _call_int4(quantize_int4_blocks, w, block or 64, 2 if block is None else i % 2, label)
+        _expect_quantized(got, w, f"{what}: w = {w.tolist()}" if w.numel() <= 16 else what, bits=4, block_size=block or 64)
+    expect_device_kept(quantize_int4_blocks, _non_contiguous(torch.randn(4, 32)), block_size=16,
+                       what="quantize_int4_blocks(w, block_size=16) for w on another device")

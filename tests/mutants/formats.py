@@ -66,6 +66,58 @@ def fp16_returns_numpy(bits):
     return np.array([bits], dtype=np.uint16).view(np.float16)[0]
 
 
+def fp16_int_for_whole_numbers(bits):
+    """Returns an int when the value is a whole number (2 ** (e - 15) with integer arithmetic)."""
+    s, e, m = _fields(bits)
+    if e == 31:
+        return math.nan if m else (-math.inf if s else math.inf)
+    if e == 0:
+        v = math.ldexp(m, -24)
+    elif e >= 25:
+        v = (1024 + m) << (e - 25)
+    else:
+        v = math.ldexp(1024 + m, e - 25)
+    return -v if s else v
+
+
+def fp16_loses_negative_zero(bits):
+    """(-1) ** sign * mantissa * 2 ** -24 with integer factors first: -0 is the int 0, so 0x8000 gives +0.0."""
+    s, e, m = _fields(bits)
+    if e == 31:
+        return math.nan if m else (-math.inf if s else math.inf)
+    if e == 0:
+        return (-1) ** s * m * 2.0 ** -24
+    return (-1) ** s * math.ldexp(1024 + m, e - 25)
+
+
+def fp16_returns_tensor(bits):
+    """Computes in a float32 tensor and returns the tensor instead of a Python float."""
+    s, e, m = _fields(bits)
+    if e == 31:
+        v = math.nan if m else math.inf
+    else:
+        v = math.ldexp(m, -24) if e == 0 else math.ldexp(1024 + m, e - 25)
+    return torch.tensor(-v if s else v)
+
+
+def fp16_rounded_decimals(bits):
+    """Rounds the result to 6 decimals, so small values and subnormals are wrong."""
+    s, e, m = _fields(bits)
+    if e == 31:
+        return math.nan if m else (-math.inf if s else math.inf)
+    v = math.ldexp(m, -24) if e == 0 else math.ldexp(1024 + m, e - 25)
+    return round(-v if s else v, 6)
+
+
+def fp16_inf_for_all_of_exponent_31(bits):
+    """Decodes every exponent-31 pattern as an infinity: no nan."""
+    s, e, m = _fields(bits)
+    if e == 31:
+        return -math.inf if s else math.inf
+    v = math.ldexp(m, -24) if e == 0 else math.ldexp(1024 + m, e - 25)
+    return -v if s else v
+
+
 # --------------------------------------------------------------------------- round_to_bf16
 
 
@@ -107,6 +159,64 @@ def bf16_via_float16(x):
 def bf16_ties_down(x):
     """Rounds ties toward zero."""
     out = _as_float(((_as_int64(x) + 0x7FFF) >> 16) << 16)
+    return torch.where(torch.isnan(x), x, out)
+
+
+def _round_even(u):
+    """Round-to-nearest-even of the 32-bit patterns ``u`` (int64, 0..2**32-1) to their top 16 bits."""
+    return (u + 0x7FFF + ((u >> 16) & 1)) & 0xFFFF0000
+
+
+def bf16_flat_view(x):
+    """Flattens with x.view(-1), which fails on a transposed (non-contiguous) tensor."""
+    flat = x.view(-1)
+    out = _as_float(_round_even(_as_int64(flat)))
+    return torch.where(torch.isnan(flat), flat, out).view(x.shape)
+
+
+def bf16_mask_on_cpu(x):
+    """Makes the mask with torch.full(x.shape, ...) without device=x.device: fails for a tensor on a GPU."""
+    u = _as_int64(x)
+    mask = torch.full(x.shape, 0xFFFF0000, dtype=torch.int64)
+    out = _as_float((u + 0x7FFF + ((u >> 16) & 1)) & mask)
+    return torch.where(torch.isnan(x), x, out)
+
+
+def bf16_frexp(x):
+    """Rounds the frexp mantissa to 8 bits (ties to even): right for normal numbers, too many bits for subnormals."""
+    m, e = torch.frexp(x)
+    return torch.ldexp(torch.round(m * 256) / 256, e.to(torch.float32))
+
+
+def bf16_ties_toward_positive(x):
+    """Rounds ties up in value (toward +inf): negative ties go toward zero, positive ones away."""
+    u = _as_int64(x)
+    negative = u >= 2**31
+    out = _as_float(torch.where(negative, u + 0x7FFF, u + 0x8000) & 0xFFFF0000)
+    return torch.where(torch.isnan(x), x, out)
+
+
+def bf16_saturates(x):
+    """Clamps overflow to the largest finite bf16 number instead of rounding to infinity."""
+    out = _as_float(_round_even(_as_int64(x)))
+    big = 3.3895313892515355e38
+    out = torch.where(torch.isinf(out) & torch.isfinite(x), torch.copysign(torch.full_like(x, big), x), out)
+    return torch.where(torch.isnan(x), x, out)
+
+
+def bf16_in_place(x):
+    """Rounds the bits of x itself (x.view(torch.int32) shares x's memory), changing the caller's tensor."""
+    b = x.view(torch.int32)
+    nan = torch.isnan(x)
+    rounded = b + 0x7FFF + ((b >> 16) & 1)
+    b.copy_(torch.where(nan, b, rounded & -65536))
+    return x
+
+
+def bf16_flushes_subnormals(x):
+    """Flushes subnormal results to zero, as if bf16 had none."""
+    out = _as_float(_round_even(_as_int64(x)))
+    out = torch.where(out.abs() < 2.0**-126, out * 0, out)
     return torch.where(torch.isnan(x), x, out)
 
 
@@ -160,6 +270,96 @@ def int8_dequantize_divides(q, scale):
     return q.to(scale.dtype) / scale.clamp_min(1e-30)
 
 
+def int8_half_away(w):
+    """Rounds half away from zero (sign(x) * floor(|x| + 0.5)) instead of to even."""
+    return _q8(w, rounding=lambda x: torch.sign(x) * torch.floor(x.abs() + 0.5))
+
+
+def int8_half_up(w):
+    """Rounds half up (floor(x + 0.5)) instead of to even."""
+    return _q8(w, rounding=lambda x: torch.floor(x + 0.5))
+
+
+def int8_no_clamp(w):
+    """Leaves out the clamp to [-127, 127]: a code that rounds to 128 wraps around in int8."""
+    scale = w.abs().max() / 127
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return torch.round(w / safe).to(torch.int8), scale
+
+
+def int8_eps_divisor(w):
+    """Divides by scale + 1e-12 to avoid dividing by zero: wrong for tiny weights and off at float64 ties."""
+    scale = w.abs().max() / 127
+    return torch.round(w / (scale + 1e-12)).clamp(-127, 127).to(torch.int8), scale
+
+
+def int8_multiplies_first(w):
+    """q = round(w * 127 / max|w|): w * 127 overflows to inf for huge weights."""
+    amax = w.abs().max()
+    scale = amax / 127
+    q = torch.round(w * 127 / torch.where(amax == 0, torch.ones_like(amax), amax))
+    return q.clamp(-127, 127).to(torch.int8), scale
+
+
+def int8_reciprocal(w):
+    """Multiplies by 127 / max|w|, which overflows to inf when max|w| is tiny."""
+    amax = w.abs().max()
+    inverse = torch.where(amax == 0, torch.zeros_like(amax), 127 / amax)
+    return torch.round(w * inverse).clamp(-127, 127).to(torch.int8), amax / 127
+
+
+def int8_flat_view(w):
+    """Flattens with w.view(-1), which fails on a transposed (non-contiguous) tensor."""
+    q, scale = _q8(w.view(-1))
+    return q.view(w.shape), scale
+
+
+def int8_guard_on_max(w):
+    """Guards max|w| == 0 instead of scale == 0: when max|w| / 127 underflows to 0, w / 0 gives +-inf and nan."""
+    amax = w.abs().max()
+    scale = amax / 127
+    safe = torch.where(amax == 0, torch.ones_like(scale), scale)
+    return torch.round(w / safe).clamp(-127, 127).to(torch.int8), scale
+
+
+def int8_divisor_on_cpu(w):
+    """Makes the stand-in divisor with torch.ones(1) on the CPU: fails for a tensor on a GPU."""
+    scale = w.abs().max() / 127
+    safe = torch.where(scale == 0, torch.ones(1, dtype=w.dtype), scale)
+    return torch.round(w / safe).clamp(-127, 127).to(torch.int8), scale
+
+
+def int8_scale_float32(w):
+    """Returns a float32 scale also for float64 weights."""
+    q, scale = _q8(w)
+    return q, scale.float()
+
+
+def int8_codes_int32(w):
+    """Returns the codes as torch.int32 (.int()) instead of torch.int8."""
+    q, scale = _q8(w)
+    return q.int(), scale
+
+
+def int8_scale_keepdim(w):
+    """Takes the max with keepdim=True: the scale has w's number of dims instead of being 0-d."""
+    scale = w.abs().amax(dim=tuple(range(w.dim())), keepdim=True) / 127
+    safe = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return torch.round(w / safe).clamp(-127, 127).to(torch.int8), scale
+
+
+def int8_divides_in_place(w):
+    """Divides w in place (w /= scale), changing the caller's tensor."""
+    scale = w.abs().max() / 127
+    w /= torch.where(scale == 0, torch.ones_like(scale), scale)
+    return torch.round(w).clamp(-127, 127).to(torch.int8), scale
+
+
+def int8_dequantize_float32(q, scale):
+    """Converts the codes with .float(): a float32 result for a float64 scale."""
+    return q.float() * scale
+
+
 # --------------------------------------------------------------------------- per-block int4
 
 
@@ -188,8 +388,9 @@ def int4_unsigned_range(w, block_size=64):
 
 def int4_blocks_down_columns(w, block_size=64):
     """Takes blocks down the columns instead of along the flattened rows."""
-    q, scale = _blocks(w.T.contiguous(), block_size, 7)
-    return q.T.contiguous(), scale
+    columns = w.reshape(len(w), -1) if w.dim() else w.reshape(1, 1)
+    q, scale = _blocks(columns.T.contiguous(), block_size, 7)
+    return q.T.reshape(w.shape), scale
 
 
 def int4_ignores_block_size(w, block_size=64):
@@ -203,14 +404,118 @@ def int4_no_clamp_floor(w, block_size=64):
     return q.to(torch.int8).reshape(w.shape), scale
 
 
+def _blocks_with(w, block_size, rounding=torch.round, q_max=7):
+    """Per-block absmax like the solution, with another rounding."""
+    rows = w.reshape(-1, block_size)
+    scale = rows.abs().amax(dim=1) / q_max
+    q = rounding(rows / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]).clamp(-q_max, q_max)
+    return q.to(torch.int8).reshape(w.shape), scale
+
+
+def int4_half_away(w, block_size=64):
+    """Rounds half away from zero (sign(x) * floor(|x| + 0.5)) instead of to even."""
+    return _blocks_with(w, block_size, lambda x: torch.sign(x) * torch.floor(x.abs() + 0.5))
+
+
+def int4_half_up(w, block_size=64):
+    """Rounds half up (floor(x + 0.5)) instead of to even."""
+    return _blocks_with(w, block_size, lambda x: torch.floor(x + 0.5))
+
+
+def int4_truncates(w, block_size=64):
+    """Converts with .to(torch.int8) without rounding: truncates toward zero."""
+    return _blocks_with(w, block_size, torch.trunc)
+
+
+def int4_scales_float32(w, block_size=64):
+    """Returns float32 scales also for float64 weights."""
+    q, scale = _blocks(w, block_size, 7)
+    return q, scale.float()
+
+
+def int4_view_blocks(w, block_size=64):
+    """Makes the blocks with w.view(-1, block_size), which fails on a transposed (non-contiguous) tensor."""
+    rows = w.view(-1, block_size)
+    scale = rows.abs().amax(dim=1) / 7
+    q = torch.round(rows / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]).clamp(-7, 7)
+    return q.to(torch.int8).view(w.shape), scale
+
+
+def int4_memory_order(w, block_size=64):
+    """Takes the blocks in memory order with as_strided: right for contiguous tensors only."""
+    rows = w.as_strided((w.numel() // block_size, block_size), (block_size, 1))
+    scale = rows.abs().amax(dim=1) / 7
+    q = torch.round(rows / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]).clamp(-7, 7)
+    return q.to(torch.int8).reshape(w.shape), scale
+
+
+def int4_eps_divisor(w, block_size=64):
+    """Divides by scale + 1e-12 to avoid dividing by zero: wrong for tiny weights and off at float64 ties."""
+    rows = w.reshape(-1, block_size)
+    scale = rows.abs().amax(dim=1) / 7
+    q = torch.round(rows / (scale[:, None] + 1e-12)).clamp(-7, 7)
+    return q.to(torch.int8).reshape(w.shape), scale
+
+
+def int4_no_clamp(w, block_size=64):
+    """Leaves out the clamp to [-7, 7]: a code can round to 8 or more."""
+    rows = w.reshape(-1, block_size)
+    scale = rows.abs().amax(dim=1) / 7
+    q = torch.round(rows / torch.where(scale > 0, scale, torch.ones_like(scale))[:, None])
+    return q.to(torch.int8).reshape(w.shape), scale
+
+
+def int4_multiplies_first(w, block_size=64):
+    """q = round(w * 7 / max|block|): w * 7 overflows to inf for huge weights."""
+    rows = w.reshape(-1, block_size)
+    amax = rows.abs().amax(dim=1, keepdim=True)
+    q = torch.round(rows * 7 / torch.where(amax > 0, amax, torch.ones_like(amax))).clamp(-7, 7)
+    return q.to(torch.int8).reshape(w.shape), amax[:, 0] / 7
+
+
+def int4_guard_on_max(w, block_size=64):
+    """Guards max|block| == 0 instead of scale == 0: when max|block| / 7 underflows to 0, w / 0 gives +-inf and nan."""
+    rows = w.reshape(-1, block_size)
+    amax = rows.abs().amax(dim=1)
+    scale = amax / 7
+    q = torch.round(rows / torch.where(amax > 0, scale, torch.ones_like(scale))[:, None]).clamp(-7, 7)
+    return q.to(torch.int8).reshape(w.shape), scale
+
+
+def int4_ones_on_cpu(w, block_size=64):
+    """Makes the stand-in divisors with torch.ones(n_blocks) on the CPU: fails for a tensor on a GPU."""
+    rows = w.reshape(-1, block_size)
+    scale = rows.abs().amax(dim=1) / 7
+    safe = torch.where(scale > 0, scale, torch.ones(rows.shape[0], dtype=w.dtype))
+    return torch.round(rows / safe[:, None]).clamp(-7, 7).to(torch.int8).reshape(w.shape), scale
+
+
+def int4_assumes_2d(w, block_size=64):
+    """Assumes a 2-d weight matrix (rows, cols = w.shape)."""
+    rows, cols = w.shape
+    return _blocks(w.reshape(rows * cols), block_size, 7)[0].reshape(rows, cols), _blocks(w.reshape(-1), block_size, 7)[1]
+
+
+def int4_divides_in_place(w, block_size=64):
+    """Divides the blocks in place (blocks /= scales), changing the caller's tensor through the view."""
+    rows = w.reshape(-1, block_size)
+    scale = rows.abs().amax(dim=1) / 7
+    rows /= torch.where(scale > 0, scale, torch.ones_like(scale))[:, None]
+    return torch.round(rows).clamp(-7, 7).to(torch.int8).reshape(w.shape), scale
+
+
 MUTANTS = {
     "test_decode_fp16": {
         f.__name__: f
         for f in (fp16_source_bias, fp16_no_subnormals, fp16_no_implicit_one, fp16_ignores_sign, fp16_no_inf_nan,
-                  fp16_subnormal_exponent_off_by_one, fp16_returns_numpy)
+                  fp16_subnormal_exponent_off_by_one, fp16_returns_numpy, fp16_int_for_whole_numbers, fp16_loses_negative_zero,
+                  fp16_returns_tensor, fp16_rounded_decimals, fp16_inf_for_all_of_exponent_31)
     },
     "test_round_to_bf16": {
-        f.__name__: f for f in (bf16_truncate, bf16_ties_away, bf16_returns_bfloat16, bf16_breaks_nan, bf16_via_float16, bf16_ties_down)
+        f.__name__: f
+        for f in (bf16_truncate, bf16_ties_away, bf16_returns_bfloat16, bf16_breaks_nan, bf16_via_float16, bf16_ties_down,
+                  bf16_flat_view, bf16_mask_on_cpu, bf16_frexp, bf16_ties_toward_positive, bf16_saturates, bf16_in_place,
+                  bf16_flushes_subnormals)
     },
     # this exercise defines two functions: a mutant gives both names
     "test_absmax_int8": {
@@ -223,10 +528,27 @@ MUTANTS = {
             "max_not_absmax": (int8_max_not_absmax, int8_dequantize),
             "floor": (int8_floor, int8_dequantize),
             "dequantize_divides": (_q8, int8_dequantize_divides),
+            "half_away": (int8_half_away, int8_dequantize),
+            "half_up": (int8_half_up, int8_dequantize),
+            "no_clamp": (int8_no_clamp, int8_dequantize),
+            "eps_divisor": (int8_eps_divisor, int8_dequantize),
+            "multiplies_first": (int8_multiplies_first, int8_dequantize),
+            "reciprocal": (int8_reciprocal, int8_dequantize),
+            "flat_view": (int8_flat_view, int8_dequantize),
+            "guard_on_max": (int8_guard_on_max, int8_dequantize),
+            "divisor_on_cpu": (int8_divisor_on_cpu, int8_dequantize),
+            "scale_float32": (int8_scale_float32, int8_dequantize),
+            "codes_int32": (int8_codes_int32, int8_dequantize),
+            "scale_keepdim": (int8_scale_keepdim, int8_dequantize),
+            "divides_in_place": (int8_divides_in_place, int8_dequantize),
+            "dequantize_float32": (_q8, int8_dequantize_float32),
         }.items()
     },
     "test_quantize_int4_blocks": {
         f.__name__: f
-        for f in (int4_per_tensor, int4_q_max_8, int4_unsigned_range, int4_blocks_down_columns, int4_ignores_block_size, int4_no_clamp_floor)
+        for f in (int4_per_tensor, int4_q_max_8, int4_unsigned_range, int4_blocks_down_columns, int4_ignores_block_size, int4_no_clamp_floor,
+                  int4_half_away, int4_half_up, int4_truncates, int4_scales_float32, int4_view_blocks, int4_memory_order,
+                  int4_eps_divisor, int4_no_clamp, int4_multiplies_first, int4_guard_on_max, int4_ones_on_cpu, int4_assumes_2d,
+                  int4_divides_in_place)
     },
 }

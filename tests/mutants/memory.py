@@ -34,6 +34,50 @@ def block_params_float(d_model, n_heads, n_kv_heads, d_ff):
     return 2 * d_model * d_model + 2 * d_model * kv + 3 * d_model * d_ff + 2 * d_model
 
 
+def block_params_one_norm(d_model, n_heads, n_kv_heads, d_ff):
+    """Counts one RMSNorm per block instead of two (before attention and before the MLP)."""
+    kv = d_model // n_heads * n_kv_heads
+    return 2 * d_model * d_model + 2 * d_model * kv + 3 * d_model * d_ff + d_model
+
+
+def block_params_kv_divides(d_model, n_heads, n_kv_heads, d_ff):
+    """Sizes k and v as d_model // n_kv_heads (divides by the kv heads instead of multiplying by head_dim)."""
+    kv = d_model // n_kv_heads
+    return 2 * d_model * d_model + 2 * d_model * kv + 3 * d_model * d_ff + 2 * d_model
+
+
+def block_params_swapped_heads(d_model, n_kv_heads, n_heads, d_ff):
+    """Takes the arguments in the order (d_model, n_kv_heads, n_heads, d_ff)."""
+    kv = d_model // n_heads * n_kv_heads
+    return 2 * d_model * d_model + 2 * d_model * kv + 3 * d_model * d_ff + 2 * d_model
+
+
+def block_params_head_dim_128(d_model, n_heads, n_kv_heads, d_ff):
+    """Assumes Llama's head_dim of 128 instead of d_model // n_heads."""
+    kv = 128 * n_kv_heads
+    return 2 * d_model * d_model + 2 * d_model * kv + 3 * d_model * d_ff + 2 * d_model
+
+
+def block_params_o_proj_kv(d_model, n_heads, n_kv_heads, d_ff):
+    """Sizes o_proj like k and v (kv width x d_model) instead of d_model x d_model."""
+    kv = d_model // n_heads * n_kv_heads
+    return d_model * d_model + 3 * d_model * kv + 3 * d_model * d_ff + 2 * d_model
+
+
+def block_params_float_then_int(d_model, n_heads, n_kv_heads, d_ff):
+    """head_dim = d_model / n_heads (a float), int() at the end: exact only below 2**53."""
+    head_dim = d_model / n_heads
+    return int(2 * d_model * d_model + 2 * d_model * n_kv_heads * head_dim + 3 * d_model * d_ff + 2 * d_model)
+
+
+def block_params_numpy_int(d_model, n_heads, n_kv_heads, d_ff):
+    """Returns numpy's int64 (from np.prod) instead of a Python int."""
+    import numpy as np
+
+    kv = d_model // n_heads * n_kv_heads
+    return np.prod([2, d_model, d_model]) + np.prod([2, d_model, kv]) + np.prod([3, d_model, d_ff]) + 2 * d_model
+
+
 # --------------------------------------------------------------------------- model_state_bytes
 
 _BYTES = {"fp32": 4, "bf16": 2, "bf16-mixed": 4}
@@ -75,6 +119,47 @@ def states_momentum_free(n_params, optimizer, precision):
     return {"weights": n_params * w, "gradients": n_params * w, "optimizer_states": (2 if optimizer == "adamw" else 0) * n_params * w}
 
 
+def states_bits_over_8(n_params, optimizer, precision):
+    """Bytes as bits / 8 (a float), int() at the end: exact only below 2**53."""
+    bits = {"fp32": 32, "bf16": 16, "bf16-mixed": 32}[precision]
+    per = n_params * bits / 8
+    return {"weights": int(per), "gradients": int(per), "optimizer_states": int(_STATES[optimizer] * per)}
+
+
+def states_mixed_bf16_gradients(n_params, optimizer, precision):
+    """Mixed precision with bf16 gradients (autocast leaves the gradients of fp32 parameters fp32)."""
+    w = _BYTES[precision]
+    g = 2 if precision == "bf16-mixed" else w
+    return {"weights": n_params * w, "gradients": n_params * g, "optimizer_states": _STATES[optimizer] * n_params * w}
+
+
+def states_mixed_counts_bf16_copy(n_params, optimizer, precision):
+    """Adds autocast's bf16 copy to the mixed-precision weights (6 bytes), which the contract leaves out."""
+    w = _BYTES[precision]
+    extra = 2 if precision == "bf16-mixed" else 0
+    return {"weights": n_params * (w + extra), "gradients": n_params * w, "optimizer_states": _STATES[optimizer] * n_params * w}
+
+
+def states_adamw_master_copy(n_params, optimizer, precision):
+    """Counts three AdamW buffers (a copy of the weights besides the two moments)."""
+    w = _BYTES[precision]
+    buffers = {"sgd": 0, "sgd-momentum": 1, "adamw": 3}[optimizer]
+    return {"weights": n_params * w, "gradients": n_params * w, "optimizer_states": buffers * n_params * w}
+
+
+def states_true_division(n_params, optimizer, precision):
+    """Divides with / (bytes per parameter as 32 / 8): float results."""
+    w = {"fp32": 32, "bf16": 16, "bf16-mixed": 32}[precision] / 8
+    return {"weights": n_params * w, "gradients": n_params * w, "optimizer_states": _STATES[optimizer] * n_params * w}
+
+
+def states_with_total(n_params, optimizer, precision):
+    """Adds a "total" key to the dict."""
+    w = _BYTES[precision]
+    out = {"weights": n_params * w, "gradients": n_params * w, "optimizer_states": _STATES[optimizer] * n_params * w}
+    return {**out, "total": sum(out.values())}
+
+
 # --------------------------------------------------------------------------- kv_cache_bytes
 
 
@@ -104,19 +189,56 @@ def kv_bytes_one_layer(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_s
     return 2 * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_element
 
 
+def kv_bytes_default_fp32(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size=1, bytes_per_element=4):
+    """Defaults to 4 bytes per element (fp32) instead of the documented 2 (bf16)."""
+    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_element
+
+
+def kv_bytes_defaults_swapped(n_layers, n_heads, n_kv_heads, head_dim, seq_len, bytes_per_element=2, batch_size=1):
+    """Puts bytes_per_element before batch_size: a positional batch size is taken as bytes."""
+    return 2 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_element
+
+
+def kv_bytes_float_then_int(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size=1, bytes_per_element=2):
+    """Multiplies in floats (2.0 * ...) and converts with int(): exact only below 2**53."""
+    return int(2.0 * n_layers * n_kv_heads * head_dim * seq_len * batch_size * bytes_per_element)
+
+
+def kv_bytes_group_size(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size=1, bytes_per_element=2):
+    """Uses the group size n_heads // n_kv_heads instead of the number of kv heads."""
+    return 2 * n_layers * (n_heads // n_kv_heads) * head_dim * seq_len * batch_size * bytes_per_element
+
+
+def kv_bytes_head_dim_from_heads(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size=1, bytes_per_element=2):
+    """Treats head_dim as the model width and divides it by n_heads again."""
+    return 2 * n_layers * n_kv_heads * (head_dim // n_heads) * seq_len * batch_size * bytes_per_element
+
+
+def kv_bytes_numpy(n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size=1, bytes_per_element=2):
+    """Returns numpy's int64 (from np.prod) instead of a Python int."""
+    import numpy as np
+
+    return np.prod([2, n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_element])
+
+
 MUTANTS = {
     "test_llama_block_params": {
         f.__name__: f
         for f in (block_params_without_norms, block_params_mha_sized_kv, block_params_two_matrix_mlp, block_params_with_biases,
-                  block_params_layernorm, block_params_float)
+                  block_params_layernorm, block_params_float, block_params_one_norm, block_params_kv_divides,
+                  block_params_swapped_heads, block_params_head_dim_128, block_params_o_proj_kv, block_params_float_then_int,
+                  block_params_numpy_int)
     },
     "test_model_state_bytes": {
         f.__name__: f
         for f in (states_mixed_as_half, states_adam_one_moment, states_always_fp32, states_no_gradients_for_sgd,
-                  states_source_table, states_momentum_free)
+                  states_source_table, states_momentum_free, states_bits_over_8, states_mixed_bf16_gradients,
+                  states_mixed_counts_bf16_copy, states_adamw_master_copy, states_true_division, states_with_total)
     },
     "test_kv_cache_bytes": {
         f.__name__: f
-        for f in (kv_bytes_keys_only, kv_bytes_query_heads, kv_bytes_no_batch, kv_bytes_elements, kv_bytes_float, kv_bytes_one_layer)
+        for f in (kv_bytes_keys_only, kv_bytes_query_heads, kv_bytes_no_batch, kv_bytes_elements, kv_bytes_float, kv_bytes_one_layer,
+                  kv_bytes_default_fp32, kv_bytes_defaults_swapped, kv_bytes_float_then_int, kv_bytes_group_size,
+                  kv_bytes_head_dim_from_heads, kv_bytes_numpy)
     },
 }
