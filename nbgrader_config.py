@@ -16,8 +16,22 @@ c.CourseDirectory.course_id = "llm-course"
 c.CourseDirectory.source_directory = "solutions"
 c.CourseDirectory.release_directory = "notebooks"
 
-# A learner's cell may run for at most this many seconds when graded; then the kernel
-# is interrupted, that cell fails, and grading goes on with the next cell.
+# Autograding runs the learner's cells in a sandboxed process and judges each locked test
+# cell in the grader's own process (course_lib/autograde.py): nbgrader's Execute, which runs
+# the tests inside the learner's kernel, is replaced.
+from course_lib.autograde import TrustedExecute  # noqa: E402
+from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
+from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades  # noqa: E402
+
+c.Autograde.autograde_preprocessors = [
+    TrustedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
+]
+# A learner's cell, or one call of a learner's function by a check, may use at most this many
+# seconds of CPU time when graded (and ten times as long in wall time); then it is interrupted
+# (or its process stopped and the cells before it run again), it fails, and grading goes on
+# with the next cell. CPU time, so that a busy machine does not fail honest work.
+c.TrustedExecute.timeout = 60
+# nbgrader's own Execute still runs `nbgrader validate` in the learner's kernel.
 c.Execute.timeout = 30
 c.Execute.interrupt_on_timeout = True
 

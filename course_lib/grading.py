@@ -95,7 +95,7 @@ def _run(result: dict, what: str) -> None:
 def make_course(folder: Path, names: list[str] | None = None, root: Path | None = None, timeout: int | None = None) -> Path:
     """Set up a course directory in ``folder`` and generate the release of ``names`` (default: all lessons).
 
-    ``timeout`` overrides the per-cell grading timeout of ``nbgrader_config.py``.
+    ``timeout`` overrides the per-cell grading limit of ``nbgrader_config.py`` (CPU seconds).
     Returns ``folder``.
     """
     root = course_root(root)
@@ -103,7 +103,7 @@ def make_course(folder: Path, names: list[str] | None = None, root: Path | None 
     folder.mkdir(parents=True, exist_ok=True)
     config = (root / "nbgrader_config.py").read_text()
     if timeout is not None:
-        config += f"\nc.Execute.timeout = {int(timeout)}\n"
+        config += f"\nc.TrustedExecute.timeout = {int(timeout)}\n"
     (folder / "nbgrader_config.py").write_text(config)
     for name in names or lessons(root):
         shutil.copytree(root / "solutions" / name, folder / "solutions" / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))

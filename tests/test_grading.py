@@ -189,24 +189,21 @@ class TestScores:
         assert scores.score == 0, scores.table()
 
 
-def test_endless_loop_costs_only_its_exercise(tmp_path):
-    """An answer that never returns is interrupted at the per-cell timeout; the rest is graded."""
+@pytest.mark.parametrize("deaf", [False, True], ids=["interruptible", "ignores-the-interrupt"])
+def test_endless_loop_costs_only_its_exercise(tmp_path, deaf):
+    """An answer that never returns is stopped at the time limit (even if it ignores the interrupt); the rest is graded."""
     lesson = "01_attention"
-    timeout = 30
-    config = (REPO / "nbgrader_config.py").read_text()
-    assert f"c.Execute.timeout = {timeout}" in config, "the test assumes the configured per-cell timeout"
-    course = grading.make_course(tmp_path / "course", [lesson], root=REPO)
+    course = grading.make_course(tmp_path / "course", [lesson], root=REPO, timeout=5)
     nb = solved(course, lesson)
     (answer,) = [c for c in nb.cells if nbgrader_meta(c).get("grade_id") == "softmax"]
-    answer.source = 'def softmax(x, dim=-1):\n    """Never returns."""\n    while True:\n        pass\n'
+    ignore = "import signal\nsignal.signal(signal.SIGINT, signal.SIG_IGN)\n" if deaf else ""
+    answer.source = ignore + 'def softmax(x, dim=-1):\n    """Never returns."""\n    while True:\n        pass\n'
     scores = grading.autograde(course, lesson, write(nb, tmp_path / "nb.ipynb"), student="looper")
     points = graded_cells(solution_notebook(lesson))
     assert scores.cells["test_softmax"] == (0, points["test_softmax"])
     for grade_id, max_points in points.items():
         if grade_id != "test_softmax":
             assert scores.cells[grade_id] == (max_points, max_points), scores.table()
-    # the notebook itself runs in under 60 s; the loop may add one timeout, not hang
-    assert scores.seconds < 60 + timeout + 30, f"grading took {scores.seconds:.0f} s"
 
 
 def test_make_check_grades_a_copy_and_leaves_the_learners_file_alone():

@@ -1,0 +1,623 @@
+"""A learner's notebook, run where it cannot reach the grader (lesson 00 explains grading).
+
+When a notebook is graded, its cells run in a separate Python process, the *sandbox*, and
+the checks run in the grader's own process, which never executes learner code. A check
+calls the learner's function through :class:`Sandbox.call`: the arguments are copied into
+the sandbox, the function runs there under the exercise's rules
+(:mod:`course_lib.checks.guard`), and only data comes back (:mod:`course_lib.wire`). So
+nothing a notebook does (patching the checks or PyTorch, hooks on IPython, rewriting test
+cells) can change a verdict.
+
+On Linux the sandbox gets its own mount, process and network namespaces (``unshare``): the
+whole filesystem is read-only except its working folder, the instructor's files
+(solutions, gradebook, submissions) are hidden, ``/dev`` holds only null, zero, full,
+random and urandom, no network, and every process it starts ends with it. Then it drops
+every capability. Where that is not possible (macOS, a container that forbids namespaces)
+it runs as a plain process in a fresh folder, and :attr:`Sandbox.isolation` says so.
+
+A cell that runs past its time limit is interrupted; one that ignores the interrupt gets
+the process killed, and a new sandbox replays the cells before it (not that one), so it
+costs only its own cell.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import functools
+import io
+import os
+import select
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import traceback
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from course_lib import wire
+
+MAX_OUTPUT_CHARS = 100_000  # per cell; the rest is cut
+KEEP_DEVICES = ("null", "zero", "full", "random", "urandom")
+
+
+# =========================================================================== inside the sandbox
+
+
+class _Capture(io.TextIOBase):
+    """A bounded text buffer standing in for sys.stdout or sys.stderr."""
+
+    def __init__(self, limit: int = MAX_OUTPUT_CHARS):
+        self.parts: list[str] = []
+        self.size = 0
+        self.limit = limit
+        self.cut = False
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, text) -> int:
+        text = str(text)
+        room = self.limit - self.size
+        if room > 0:
+            self.parts.append(text[:room])
+            self.size += min(len(text), room)
+        if len(text) > room:
+            self.cut = True
+        return len(text)
+
+    def text(self) -> str:
+        return "".join(self.parts) + ("\n[output cut]\n" if self.cut else "")
+
+
+@contextlib.contextmanager
+def _captured():
+    out, err = _Capture(), _Capture()
+    saved = sys.stdout, sys.stderr
+    sys.stdout, sys.stderr = out, err
+    try:
+        yield out, err
+    finally:
+        sys.stdout, sys.stderr = saved
+
+
+def _error(err: BaseException) -> dict:
+    lines = traceback.format_exception(type(err), err, err.__traceback__)
+    return {"ename": type(err).__name__, "evalue": str(err)[:5000], "traceback": "".join(lines)[-20000:]}
+
+
+def _sync_state(value):
+    """What the grader needs to see of an argument after a call: its contents if it can be changed in place."""
+    if hasattr(value, "sandbox_state"):
+        return ("state", wire.encode(value.sandbox_state()))
+    if isinstance(value, (list, dict)) or type(value).__name__ == "Tensor" or isinstance(value, tuple):
+        return ("value", wire.encode(value))
+    return None
+
+
+class _Server:
+    """The sandbox's side: run cells in an IPython shell, and call the learner's functions for the checks."""
+
+    def __init__(self, read_fd: int, write_fd: int):
+        self.read_fd, self.write_fd = read_fd, write_fd
+        from IPython.core.interactiveshell import InteractiveShell
+
+        class Shell(InteractiveShell):
+            def enable_gui(self, gui=None):  # no event loop here: figures are drawn off-screen (Agg)
+                pass
+
+        self.shell = Shell.instance(colors="NoColor", history_length=0)
+        self.shell.history_manager.enabled = False
+        # what the lessons import: loaded before any learner code, as a kernel would have them
+        import torch  # noqa: F401
+
+        from course_lib.checks import guard
+
+        self.guard = guard
+
+    def reply(self, message: dict) -> None:
+        wire.write_frame(self.write_fd, wire.dumps(message))
+
+    def serve(self) -> None:
+        while True:
+            try:
+                message = wire.loads_trusted(wire.read_frame(self.read_fd))
+            except EOFError:
+                return
+            except KeyboardInterrupt:  # an interrupt that came after its cell had finished
+                continue
+            op = message["op"]
+            try:
+                if op == "cell":
+                    self.reply(self.run_cell(message["source"]))
+                elif op == "call":
+                    self.reply(self.call(message))
+                elif op == "exit":
+                    return
+            except KeyboardInterrupt:
+                self.reply({"ok": False, "error": {"ename": "KeyboardInterrupt", "evalue": "interrupted", "traceback": ""},
+                            "stdout": "", "stderr": ""})
+
+    def run_cell(self, source: str) -> dict:
+        with _captured() as (out, err):
+            result = self.shell.run_cell(source, store_history=False)
+        failure = result.error_in_exec or result.error_before_exec
+        return {"ok": failure is None, "error": _error(failure) if failure is not None else None,
+                "stdout": out.text(), "stderr": err.text()}
+
+    def call(self, message: dict) -> dict:
+        name = message["name"]
+        fn = self.shell.user_ns.get(name)
+        if fn is None:
+            err = NameError(f"name {name!r} is not defined: run the cell that defines it")
+            return {"ok": False, "error": _error(err), "stdout": "", "stderr": ""}
+        args, kwargs = message["args"], message["kwargs"]
+        rules = self.guard.Rules.from_dict(message["rules"]) if message["rules"] else None
+        value, failure, violations = None, None, None
+        with _captured() as (out, err):
+            try:
+                if rules is None:
+                    value = fn(*args, **kwargs)
+                else:
+                    with self.guard.watch(rules) as seen:
+                        try:
+                            value = fn(*args, **kwargs)
+                        finally:
+                            if seen:
+                                violations = seen.message(name)
+            except Exception as exc:  # the learner's error, reported to the check
+                failure = exc
+        return {
+            "ok": failure is None, "value": wire.encode(value), "error": _error(failure) if failure else None,
+            "violations": violations, "args": [_sync_state(a) for a in args],
+            "kwargs": {k: _sync_state(v) for k, v in kwargs.items()}, "stdout": out.text(), "stderr": err.text(),
+        }
+
+
+def _serve_main(read_fd: int, write_fd: int, isolation: str) -> None:
+    os.environ.setdefault("MPLBACKEND", "Agg")
+    server = _Server(read_fd, write_fd)
+    server.reply({"ok": True, "ready": True, "isolation": isolation, "pid": os.getpid()})
+    server.serve()
+
+
+# --------------------------------------------------------------------------- isolation (Linux, as namespace root)
+
+
+def _mount(*args: str) -> bool:
+    return subprocess.run(["mount", *args], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL).returncode == 0
+
+
+def _mount_points() -> list[str]:
+    points = []
+    for line in Path("/proc/self/mountinfo").read_text().splitlines():
+        point = line.split()[4].replace("\\040", " ")
+        points.append(point)
+    return points
+
+
+def _blocked_ancestor(path: str) -> str | None:
+    """The highest folder above ``path`` that other users may not enter (``/root`` is often 700), or None."""
+    parts = Path(path).resolve().parts
+    for i in range(2, len(parts)):
+        folder = os.path.join(*parts[:i])
+        if not os.stat(folder).st_mode & 0o001:
+            return folder
+    return None
+
+
+def _make_reachable(paths: list[str], stage: str) -> list[str]:
+    """Let an unprivileged user reach ``paths`` whose ancestors are closed, without opening anything else.
+
+    The closed ancestor is covered by an empty folder in which only the paths themselves
+    reappear (bound from a staging folder). Returns the problems met.
+    """
+    problems, moved = [], {}
+    for path in paths:
+        blocked = _blocked_ancestor(path)
+        if blocked is None:
+            continue
+        target = os.path.join(stage, f"reach{len(moved)}")
+        os.makedirs(target)
+        if not _mount("--bind", path, target):
+            problems.append(f"{path} could not be reached")
+            continue
+        moved.setdefault(blocked, []).append((path, target))
+    for blocked, pairs in moved.items():
+        _mount("-t", "tmpfs", "-o", "mode=711,nosuid,nodev", "tmpfs", blocked)
+        for path, target in pairs:
+            os.makedirs(path, exist_ok=True)
+            for parent in Path(path).parents:
+                if str(parent).startswith(blocked):
+                    os.chmod(parent, 0o711)
+            _mount("--bind", target, path)
+    return problems
+
+
+def _isolate(workdir: str, hide: list[str], reach: list[str]) -> list[str]:
+    """Inside fresh namespaces: read-only everything, a bare /dev, hidden secrets, a writable workdir.
+
+    Returns what could not be done (empty when all went as planned).
+    """
+    problems = []
+    stage = tempfile.mkdtemp(prefix="stage-", dir=workdir)
+    _mount("--make-rprivate", "/")
+    problems += _make_reachable(reach, stage)
+    for name in KEEP_DEVICES:
+        Path(stage, name).touch()
+        _mount("--bind", f"/dev/{name}", f"{stage}/{name}")
+    if not _mount("-t", "tmpfs", "-o", "mode=755,nosuid", "tmpfs", "/dev"):
+        problems.append("/dev could not be replaced")
+    for name in KEEP_DEVICES:
+        Path("/dev", name).touch()
+        _mount("--bind", f"{stage}/{name}", f"/dev/{name}")
+    os.makedirs("/dev/shm", exist_ok=True)
+    _mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", "/dev/shm")
+    for point in sorted(set(_mount_points()), key=len):
+        if point == "/proc" or point.startswith(("/proc/", "/dev")):
+            continue
+        if not _mount("-o", "remount,bind,ro,nosuid,nodev", point) and point == "/":
+            problems.append("the root filesystem could not be made read-only")
+    for path in hide:
+        if os.path.isdir(path):
+            ok = _mount("-t", "tmpfs", "-o", "ro,mode=000", "tmpfs", path)
+        elif os.path.exists(path):
+            ok = _mount("--bind", "/dev/null", path)
+        else:
+            continue
+        if not ok:
+            problems.append(f"{path} could not be hidden")
+    if not (_mount("--bind", workdir, workdir) and _mount("-o", "remount,bind,rw,nosuid,nodev", workdir)):
+        problems.append("the working folder could not be made writable")
+    return problems
+
+
+def _isolate_main(args) -> None:
+    problems = _isolate(args.workdir, args.hide, args.reach)
+    unprivileged = os.environ.get("COURSE_SANDBOX_UID") is not None
+    who = "user nobody" if unprivileged else "no capabilities"
+    isolation = f"namespaces (mount, pid, network), read-only filesystem, instructor files hidden, {who}"
+    if problems:
+        isolation += "; but " + "; ".join(problems)
+    command = [sys.executable, "-m", "course_lib.sandbox", "serve", "--read-fd", str(args.read_fd),
+               "--write-fd", str(args.write_fd), "--isolation", isolation]
+    setpriv = shutil.which("setpriv")
+    if setpriv is None:
+        command[-1] = isolation.replace(who, "capabilities kept (no setpriv)")
+    elif unprivileged:
+        uid = os.environ["COURSE_SANDBOX_UID"]
+        command = [setpriv, f"--reuid={uid}", f"--regid={uid}", "--clear-groups", "--inh-caps=-all",
+                   "--bounding-set=-all", "--no-new-privs", *command]
+    else:
+        command = [setpriv, "--inh-caps=-all", "--bounding-set=-all", "--no-new-privs", *command]
+    os.execv(command[0], command)
+
+
+# =========================================================================== in the grader
+
+
+class SandboxError(RuntimeError):
+    """The sandbox could not start, or broke the protocol."""
+
+
+@dataclass
+class CellResult:
+    """What a cell printed and how it ended."""
+
+    ok: bool
+    stdout: str = ""
+    stderr: str = ""
+    error: dict | None = None  # {"ename", "evalue", "traceback"}
+    timed_out: bool = False
+
+
+@dataclass
+class CallResult:
+    """What a call of the learner's function returned, raised, broke and printed."""
+
+    ok: bool
+    value: object = None
+    error: dict | None = None
+    violations: str | None = None
+    args: list = field(default_factory=list)
+    kwargs: dict = field(default_factory=dict)
+    stdout: str = ""
+    stderr: str = ""
+    timed_out: bool = False
+
+
+def _needed_paths() -> list[str]:
+    """What the sandbox's Python must read: the interpreter, its packages and course_lib."""
+    paths = {sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[1]), os.path.realpath(sys.executable)}
+    paths |= {os.path.dirname(os.path.realpath(p)) for p in (sys.executable,)}
+    return sorted(p for p in paths if os.path.isdir(p))
+
+
+@functools.lru_cache(maxsize=1)
+def namespaces_available() -> bool:
+    """Whether ``unshare`` can give the sandbox its own namespaces here (Linux with user namespaces, or root)."""
+    if sys.platform != "linux" or shutil.which("unshare") is None or os.environ.get("COURSE_SANDBOX") == "none":
+        return False
+    probe = subprocess.run(_unshare_prefix() + ["true"], capture_output=True, timeout=30)
+    return probe.returncode == 0
+
+
+def _unshare_prefix() -> list[str]:
+    user = [] if os.geteuid() == 0 else ["--user", "--map-root-user"]
+    return ["unshare", *user, "--mount", "--net", "--pid", "--fork", "--kill-child", "--mount-proc"]
+
+
+class Sandbox:
+    """The learner's notebook in its own process; see the module docstring.
+
+    ``hide``: paths the sandbox must not see (the instructor's files). ``files``: a folder
+    whose contents are copied into the sandbox's working folder (the notebook's own folder,
+    for data files it reads). ``timeout``: CPU seconds a cell or a call may use (all threads of
+    the sandbox's Python together), so that a busy machine does not cut honest work short;
+    ``wall_timeout`` (default ten times as long) stops a cell that waits without computing.
+    """
+
+    def __init__(self, hide=(), files: Path | None = None, timeout: float = 60, wall_timeout: float | None = None,
+                 grace: float = 5):
+        self.hide = [str(Path(p).resolve()) for p in hide]
+        self.files = files
+        self.timeout, self.grace = timeout, grace
+        self.wall_timeout = wall_timeout if wall_timeout is not None else 10 * timeout
+        self.history: list[str] = []  # cells to replay after a restart
+        self.isolation = "not started"
+        self.restarts = 0
+        self.proc: subprocess.Popen | None = None
+        self.workdir = tempfile.mkdtemp(prefix="course-sandbox-")
+        os.chmod(self.workdir, 0o777)
+        if files is not None and Path(files).is_dir():
+            for item in Path(files).iterdir():
+                if item.suffix != ".ipynb" and item.name != ".ipynb_checkpoints":
+                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, Path(self.workdir) / item.name)
+        self._start()
+
+    # ----------------------------------------------------------------- process
+
+    def _start(self) -> None:
+        to_child_r, to_child_w = os.pipe()
+        from_child_r, from_child_w = os.pipe()
+        env = self._environment()
+        use_namespaces = namespaces_available()
+        if use_namespaces:
+            command = _unshare_prefix() + [sys.executable, "-m", "course_lib.sandbox", "isolate",
+                                           "--read-fd", str(to_child_r), "--write-fd", str(from_child_w),
+                                           "--workdir", self.workdir]
+            command += [f"--hide={p}" for p in self.hide] + [f"--reach={p}" for p in _needed_paths()]
+        else:
+            command = [sys.executable, "-m", "course_lib.sandbox", "serve", "--read-fd", str(to_child_r),
+                       "--write-fd", str(from_child_w), "--isolation", "a plain process (no namespaces here)"]
+        self._stderr = tempfile.TemporaryFile()
+        self.proc = subprocess.Popen(command, pass_fds=(to_child_r, from_child_w), cwd=self.workdir, env=env,
+                                     stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
+                                     start_new_session=True)
+        os.close(to_child_r)
+        os.close(from_child_w)
+        self._to, self._from = to_child_w, from_child_r
+        deadline = time.monotonic() + 300
+        ready = self._receive(lambda: time.monotonic() > deadline or self.proc.poll() is not None)
+        if ready is None or not ready.get("ready"):
+            self.close()
+            raise SandboxError(f"the grading sandbox did not start:\n{self._stderr_tail()}")
+        self.isolation = ready["isolation"]
+        self._pid = self._serve_pid()
+
+    def _environment(self) -> dict:
+        env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_"))}
+        if os.geteuid() == 0:  # the grader is root: the sandbox runs as nobody
+            env["COURSE_SANDBOX_UID"] = "65534"
+        package_parent = str(Path(__file__).resolve().parents[1])
+        # one thread: CPU time then measures the work, not threads spinning while they wait for a core
+        env.setdefault("OMP_NUM_THREADS", "1")
+        env.update(HOME=self.workdir, TMPDIR=self.workdir, MPLBACKEND="Agg", IPYTHONDIR=f"{self.workdir}/.ipython",
+                   MPLCONFIGDIR=f"{self.workdir}/.matplotlib", PYTHONDONTWRITEBYTECODE="1",
+                   PYTHONPATH=os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p))
+        return env
+
+    def _serve_pid(self) -> int | None:
+        """The pid of the process that runs the cells (a child of ``unshare`` when namespaces are used)."""
+        if self.proc is None or self.proc.poll() is not None:
+            return None
+        children = Path(f"/proc/{self.proc.pid}/task/{self.proc.pid}/children")
+        if children.exists():
+            pids = children.read_text().split()
+            if pids and Path(f"/proc/{pids[0]}/cmdline").exists() and "unshare" in Path(f"/proc/{self.proc.pid}/cmdline").read_text():
+                return int(pids[0])
+        return self.proc.pid
+
+    def _stderr_tail(self) -> str:
+        self._stderr.seek(0)
+        return self._stderr.read()[-4000:].decode(errors="replace")
+
+    def _kill(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.killpg(self.proc.pid, signal.SIGKILL)
+            self.proc.wait()
+        for fd in (getattr(self, "_to", None), getattr(self, "_from", None)):
+            if fd is not None:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+        self._to = self._from = None
+
+    def close(self) -> None:
+        """End the sandbox, every process it started, and delete its folder."""
+        self._kill()
+        shutil.rmtree(self.workdir, ignore_errors=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    # ----------------------------------------------------------------- messages
+
+    def _send(self, message: dict) -> None:
+        wire.write_frame(self._to, wire.dumps(message))
+
+    def _cpu_seconds(self) -> float | None:
+        """CPU seconds (user + system, all threads) the sandbox's Python has used, where /proc tells."""
+        try:
+            fields = Path(f"/proc/{self._pid}/stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            return None
+        return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+    def _budget(self, cpu_seconds: float, wall_seconds: float):
+        """A function that says True once ``cpu_seconds`` of the sandbox's CPU time, or ``wall_seconds``, have gone by."""
+        start_cpu, start_wall = self._cpu_seconds(), time.monotonic()
+
+        def spent() -> bool:
+            wall = time.monotonic() - start_wall
+            if wall > wall_seconds:
+                return True
+            now = self._cpu_seconds()
+            if start_cpu is None or now is None:  # no /proc here: the limit counts wall time
+                return wall > cpu_seconds
+            return now - start_cpu > cpu_seconds
+
+        return spent
+
+    def _read(self, size: int, spent) -> bytes | None:
+        """``size`` bytes from the sandbox, or None once ``spent()`` says time is up or when it has died."""
+        chunks, left = [], size
+        while left:
+            ready = select.select([self._from], [], [], 0.2)[0]
+            if not ready and spent():
+                self._in_sync = not chunks
+                return None
+            if not ready:
+                continue
+            chunk = os.read(self._from, min(left, 1 << 20))
+            if not chunk:
+                self._in_sync = False
+                return None
+            chunks.append(chunk)
+            left -= len(chunk)
+        return b"".join(chunks)
+
+    def _receive(self, spent) -> dict | None:
+        """The next message, or None once ``spent()`` is true or when the process died."""
+        header = self._read(8, spent)
+        if header is None:
+            return None
+        size = int.from_bytes(header, "little")
+        deadline = time.monotonic() + 120  # the message has begun: the rest follows at once
+        body = self._read(size, lambda: time.monotonic() > deadline) if size <= wire.MAX_MESSAGE_BYTES else None
+        if body is None:
+            self._in_sync = False
+            return None
+        try:
+            message = wire.loads_untrusted(body)
+        except Exception as err:  # noqa: BLE001  (what the sandbox sent is not data)
+            message = {"ok": False, "error": {"ename": "SandboxError", "evalue": f"unreadable reply: {err}", "traceback": ""}}
+        return message if isinstance(message, dict) else None
+
+    def _exchange(self, message: dict) -> tuple[dict | None, str]:
+        """Send ``message`` and wait for the reply; past the time limit interrupt it, then kill the sandbox.
+
+        Returns (reply, how): how is "ok", "interrupted" (past the time limit, then stopped by
+        the interrupt), "killed" (it ignored the interrupt) or "died" (the process ended on its
+        own). After "killed" or "died" the sandbox is restarted and its history replayed.
+        """
+        self._in_sync = True
+        try:
+            self._send(message)
+        except OSError:
+            self.restart()
+            return None, "died"
+        reply = self._receive(self._budget(self.timeout, self.wall_timeout))
+        if reply is not None:
+            return reply, "ok"
+        if self._in_sync and self.proc.poll() is None:
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._pid, signal.SIGINT)
+            deadline = time.monotonic() + self.grace
+            reply = self._receive(lambda: time.monotonic() > deadline)
+            if reply is not None:
+                return reply, "interrupted"
+            how = "killed"
+        else:
+            how = "died"
+        self.restart()
+        return None, how
+
+    def restart(self) -> None:
+        """A fresh sandbox with every cell of the history run again (their output is not kept)."""
+        self._kill()
+        self.restarts += 1
+        self._start()
+        history, self.history = self.history, []
+        for source in history:
+            self.run_cell(source, remember=True)
+
+    # ----------------------------------------------------------------- what the grader calls
+
+    def run_cell(self, source: str, remember: bool = True) -> CellResult:
+        """Run one code cell; past the time limit it is interrupted (or the process killed) and reported."""
+        reply, how = self._exchange({"op": "cell", "source": source})
+        if how in ("killed", "died"):
+            return CellResult(False, error=_stopped(how, "the cell", self.timeout), timed_out=how == "killed")
+        if remember:
+            self.history.append(source)
+        result = CellResult(bool(reply.get("ok")), str(reply.get("stdout", "")), str(reply.get("stderr", "")),
+                            reply.get("error"), how == "interrupted")
+        if how == "interrupted":
+            result.ok, result.error = False, _stopped(how, "the cell", self.timeout)
+        return result
+
+    def call(self, name: str, args: tuple, kwargs: dict, rules: dict | None = None) -> CallResult:
+        """Call the learner's function ``name`` with copies of ``args`` and ``kwargs``, watched by ``rules``."""
+        reply, how = self._exchange({"op": "call", "name": name, "args": tuple(args), "kwargs": dict(kwargs),
+                                     "rules": rules})
+        if how != "ok":
+            return CallResult(False, error=_stopped(how, name, self.timeout), timed_out=how != "died")
+        return CallResult(bool(reply.get("ok")), reply.get("value"), reply.get("error"), reply.get("violations"),
+                          list(reply.get("args") or []), dict(reply.get("kwargs") or {}),
+                          str(reply.get("stdout", "")), str(reply.get("stderr", "")))
+
+
+def _stopped(how: str, what: str, timeout: float) -> dict:
+    """The error a cell or call gets when it was stopped (or its process ended)."""
+    text = {
+        "interrupted": f"{what} ran past its time limit ({timeout:g} s of CPU time) and was interrupted",
+        "killed": f"{what} ran past its time limit ({timeout:g} s of CPU time) and ignored the interrupt; "
+                  "the process was stopped and the cells before it run again",
+        "died": f"the Python process ended while running {what} (a crash, os._exit or too much memory)",
+    }[how]
+    return {"ename": "CellTimeoutError" if how != "died" else "ProcessEnded", "evalue": text, "traceback": ""}
+
+
+# =========================================================================== command line (the sandbox's entry)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m course_lib.sandbox")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name in ("isolate", "serve"):
+        p = sub.add_parser(name)
+        p.add_argument("--read-fd", type=int, required=True)
+        p.add_argument("--write-fd", type=int, required=True)
+        if name == "isolate":
+            p.add_argument("--workdir", required=True)
+            p.add_argument("--hide", action="append", default=[])
+            p.add_argument("--reach", action="append", default=[])
+        else:
+            p.add_argument("--isolation", default="")
+    args, _ = parser.parse_known_args(argv)
+    if args.command == "isolate":
+        _isolate_main(args)
+    else:
+        _serve_main(args.read_fd, args.write_fd, args.isolation)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
