@@ -277,6 +277,7 @@ def _isolate(workdir: str, hide: list[str], reach: list[str]) -> list[str]:
 
 def _isolate_main(args) -> None:
     problems = _isolate(args.workdir, args.hide, args.reach)
+    os.chdir(args.workdir)  # the folder as now mounted (writable), not the read-only one below it
     unprivileged = os.environ.get("COURSE_SANDBOX_UID") is not None
     who = "user nobody" if unprivileged else "no capabilities"
     isolation = f"namespaces (mount, pid, network), read-only filesystem, instructor files hidden, {who}"
