@@ -79,3 +79,97 @@ def test_every_mutant_fails_some_check(grade_id):
 def test_failure_messages_name_the_seed():
     with pytest.raises(AssertionError, match=r"\(seed 5\)"):
         kv_checks.check_cached_attention_step(mutants.step_unscaled, seed=5)
+
+
+# --------------------------------------------------------------------------- mistakes only extreme inputs, layouts, devices or calls show
+
+
+@pytest.mark.parametrize(
+    "check,wrong,message",
+    [
+        (kv_checks.check_repeat_kv, mutants.repeat_kv_flatten_with_view, "non-contiguous view"),
+        (kv_checks.check_repeat_kv, mutants.repeat_kv_flatten_with_minus_one, "empty cache"),
+        (kv_checks.check_repeat_kv, mutants.repeat_kv_times_ones, "dtype torch.float16"),
+        (kv_checks.check_repeat_kv, mutants.repeat_kv_renamed_arguments, "by keyword.*parameter names"),
+        (kv_checks.check_kv_cache_bytes_from_config, mutants.kv_config_setdefault, r"changed the config dict.*num_key_value_heads"),
+        (kv_checks.check_kv_cache_bytes_from_config, mutants.kv_config_pops_keys, "changed the config dict"),
+        (kv_checks.check_kv_cache_bytes_from_config, mutants.kv_config_swapped_parameters, "bytes_per_value defaults to 2"),
+        (kv_checks.check_kv_cache_bytes_from_config, mutants.kv_config_renamed_parameters, "parameter names"),
+        (kv_checks.check_kv_cache_bytes_from_config, mutants.kv_config_float_for_half_bytes, "4-bit.*Python int"),
+        (kv_checks.check_cached_attention_step, mutants.step_softmax_without_max, "thousands.*nan"),
+        (kv_checks.check_cached_attention_step, mutants.step_logsumexp_without_max, "thousands"),
+        (kv_checks.check_cached_attention_step, mutants.step_mask_on_cpu, "meta device"),
+        (kv_checks.check_cached_attention_step, mutants.step_cat_into_new_buffer, "meta device"),
+        (kv_checks.check_repeat_kv, mutants.repeat_kv_loop_into_buffer, "copied its input's data to the CPU"),
+        (kv_checks.check_cached_attention_step, mutants.step_preallocated_cache, "copied its input's data to the CPU"),
+    ],
+)
+def test_check_rejects_mistakes_that_only_some_inputs_show(check, wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        check(wrong)
+
+
+def test_a_config_mutation_is_seen_even_when_the_count_is_right():
+    def fills_in(config, seq_len, batch_size=1, bytes_per_value=2):
+        config["num_key_value_heads"] = config.get("num_key_value_heads") or config["num_attention_heads"]
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        return int(2 * config["num_hidden_layers"] * config["num_key_value_heads"] * head_dim * seq_len * batch_size * bytes_per_value)
+
+    with pytest.raises(AssertionError, match="changed the config dict"):
+        kv_checks.check_kv_cache_bytes_from_config(fills_in)
+
+
+def test_cache_layouts_are_views_that_are_not_contiguous():
+    gen = torch.Generator().manual_seed(0)
+    for name, x in kv_checks._cache_layouts(gen, (2, 3, 4, 5), torch.float32).items():
+        assert x.shape == (2, 3, 4, 5) and not x.is_contiguous(), name
+
+
+# --------------------------------------------------------------------------- right answers written otherwise still pass
+
+
+@pytest.mark.parametrize(
+    "fn",
+    [
+        lambda x, n_rep: x[:, torch.arange(x.shape[1] * n_rep) // n_rep],
+        lambda x, n_rep: torch.stack([x] * n_rep, dim=2).flatten(1, 2),
+        lambda x, n_rep: x.repeat_interleave(n_rep, dim=1).clone(),
+    ],
+    ids=["index", "stack", "repeat_interleave"],
+)
+def test_other_right_repeat_kvs_pass(fn):
+    kv_checks.check_repeat_kv(fn)
+    kv_checks.check_repeat_kv_against_transformers(fn)
+
+
+def test_other_right_kv_config_counts_pass():
+    import math
+
+    def with_ceil(config, seq_len, batch_size=1, bytes_per_value=2):
+        n_kv = config.get("num_key_value_heads") or config["num_attention_heads"]
+        head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        return math.ceil(2 * config["num_hidden_layers"] * n_kv * head_dim * seq_len * batch_size * bytes_per_value)
+
+    def with_a_copy(config, seq_len, batch_size=1, bytes_per_value=2):
+        config = dict(config)
+        config["num_key_value_heads"] = config.get("num_key_value_heads") or config["num_attention_heads"]
+        config["head_dim"] = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
+        return round(2 * config["num_hidden_layers"] * config["num_key_value_heads"] * config["head_dim"]
+                     * seq_len * batch_size * bytes_per_value)
+
+    for fn in (with_ceil, with_a_copy):
+        kv_checks.check_kv_cache_bytes_from_config(fn)
+        kv_checks.check_kv_cache_bytes_from_config_against_transformers(fn)
+
+
+def test_a_step_with_its_own_stable_softmax_passes():
+    def step(q, k_new, v_new, k_cache, v_cache):
+        k, v = torch.cat([k_cache, k_new], dim=-2), torch.cat([v_cache, v_new], dim=-2)
+        group = q.shape[1] // k.shape[1]
+        k, v = k.repeat_interleave(group, dim=1), v.repeat_interleave(group, dim=1)
+        s = q @ k.transpose(-2, -1) * q.shape[-1] ** -0.5
+        e = torch.exp(s - s.amax(dim=-1, keepdim=True))
+        return (e / e.sum(dim=-1, keepdim=True)) @ v, torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+
+    kv_checks.check_cached_attention_step(step)
+    kv_checks.check_cached_attention_step_decodes_like_full_attention(step)

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from course_lib import flash as ref
 from course_lib.attention import causal_mask
-from course_lib.checks.common import call, expect_tensor, new_generator, randint
+from course_lib.checks.common import call, expect_same_device, expect_tensor, new_generator, on_meta, randint
 from course_lib.checks.guard import Rules, watched
 
 _DTYPES = (torch.float32, torch.float64)
@@ -43,12 +43,68 @@ def _tolerances(dtype: torch.dtype, loose: bool = False) -> dict:
     return {"rtol": 1e-4, "atol": 1e-4} if loose else {"rtol": 1e-5, "atol": 1e-5}
 
 
+def _expect_triple(got, what: str) -> tuple:
+    """``got`` must be a tuple (not a list) of three values, as the exercise's docstring says."""
+    if type(got) is not tuple or len(got) != 3:
+        size = f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""
+        raise AssertionError(f"{what} should return a tuple (m_new, l_new, acc_new) of three tensors, got {type(got).__name__}{size}")
+    return got
+
+
 def _expect_state(got, expected, what: str, **tol) -> None:
     """``got`` must be a tuple ``(m, l, acc)`` of tensors equal to ``expected``."""
-    if not isinstance(got, (tuple, list)) or len(got) != 3:
-        raise AssertionError(f"{what} should return a tuple (m_new, l_new, acc_new) of three tensors, got {type(got).__name__}")
-    for name, g, e in zip(("m_new", "l_new", "acc_new"), got, expected):
+    for name, g, e in zip(("m_new", "l_new", "acc_new"), _expect_triple(got, what), expected):
         expect_tensor(g, e, f"{what}, its {name}", **tol)
+
+
+_BY_KEYWORD = "; keep the parameter names of the signature in the docstring"
+_ANY_LAYOUT = "; an input may be a non-contiguous view: use reshape (not view), or .contiguous() first"
+
+
+def _call(fn, *args, what: str, hint: str, **kwargs):
+    """``common.call``, with an error raised by the answer turned into a failure that says which call raised it and why."""
+    try:
+        return call(fn, *args, what=what, **kwargs)
+    except (TypeError, RuntimeError, ValueError, IndexError) as err:
+        raise AssertionError(f"{what} raised {type(err).__name__}: {err}{hint}") from None
+
+
+def _expect_same_device(fn, *args, what: str, **kwargs) -> None:
+    """``common.expect_same_device``; copying the inputs' data into a CPU tensor fails too.
+
+    On ``meta`` such a copy (a buffer made without ``device=`` and filled with the input, or
+    ``.cpu()``) raises "Cannot copy out of meta tensor"; on a GPU it would leave the result on the CPU.
+    """
+    def run(*a, **k):
+        try:
+            return fn(*a, **k)
+        except NotImplementedError as err:
+            if "copy out of meta" not in str(err):
+                raise
+            raise AssertionError(
+                f"{what} copied its input's data to the CPU (into a tensor made without device=..., or with .cpu() or .tolist()): "
+                "keep the input's device, e.g. torch.empty(..., device=x.device) or torch.empty_like(x)"
+            ) from None
+
+    expect_same_device(run, *args, what=what, **kwargs)
+
+
+def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a non-contiguous layout: every other element of a buffer whose dims are stored in reverse order.
+
+    An answer that flattens its inputs with ``.view`` (instead of ``reshape``) fails on it, as it
+    would on a transposed or sliced tensor in a real model.
+    """
+    dims = tuple(reversed(range(t.dim())))
+    buffer = torch.zeros([2 * n for n in reversed(t.shape)], dtype=t.dtype)
+    view = buffer[tuple(slice(None, None, 2) for _ in dims)].permute(dims)
+    view.copy_(t)
+    return view
+
+
+def _expanded(t: torch.Tensor) -> torch.Tensor:
+    """``t``'s first element broadcast to ``t``'s shape without copying (stride 0), as ``torch.full(()).expand(...)`` makes."""
+    return t.reshape(-1)[:1].reshape(()).expand(t.shape)
 
 
 def _initial_state(batch_shape, n_q, ev, dtype):
@@ -88,7 +144,8 @@ def check_online_softmax_update(online_softmax_update, seed: int | None = None, 
     Random batch shapes, float32 and float64, the first tile (``m = -inf``) and later
     tiles, tiles that raise the running maximum and tiles that do not, masked (``-inf``)
     scores. Then the tiles of random score matrices are folded one after the other from
-    the empty state: ``acc / l`` must equal ``softmax(scores) @ v``.
+    the empty state: ``acc / l`` must equal ``softmax(scores) @ v``. Last, arguments by
+    keyword, non-contiguous and expanded inputs, and inputs on another device (meta).
     """
     online_softmax_update = watched(online_softmax_update, ONLINE_SOFTMAX_UPDATE)
     gen, seed = new_generator(seed)
@@ -111,6 +168,30 @@ def check_online_softmax_update(online_softmax_update, seed: int | None = None, 
         _expect_state(got, ref.online_softmax_update(*state, scores, v), what, **_tolerances(dtype))
     for case in range(4):
         _check_folding(online_softmax_update, gen, seed, _DTYPES[case % 2])
+    for dtype in _DTYPES:
+        _check_online_conventions(online_softmax_update, gen, seed, dtype)
+
+
+def _check_online_conventions(online_softmax_update, gen, seed, dtype) -> None:
+    """Arguments by keyword, non-contiguous and expanded inputs, and the input's device kept (meta stands in for a GPU)."""
+    batch_shape, n_q, n_k, ev = (randint(gen, 2, 3), randint(gen, 2, 3)), randint(gen, 2, 5), randint(gen, 2, 5), randint(gen, 2, 4)
+    state = _random_state(gen, batch_shape, n_q, ev, dtype)
+    scores = _random_scores(gen, (*batch_shape, n_q, n_k), dtype, masked_fraction=0.2)
+    v = _randn(gen, *batch_shape, n_k, ev, dtype=dtype)
+    shapes = f"scores {tuple(scores.shape)}, v {tuple(v.shape)}, {dtype} (seed {seed})"
+    expected = ref.online_softmax_update(*state, scores, v)
+    what = f"online_softmax_update(m=m, l=l, acc=acc, scores=scores, v=v), every argument by keyword, with {shapes}"
+    kwargs = dict(zip(("m", "l", "acc", "scores", "v"), (*state, scores, v)))
+    _expect_state(_call(online_softmax_update, what=what, hint=_BY_KEYWORD, **kwargs), expected, what, **_tolerances(dtype))
+    what = f"online_softmax_update(m, l, acc, scores, v) with every input non-contiguous (strided, dims stored in reverse order), {shapes}"
+    got = _call(online_softmax_update, *(_non_contiguous(t) for t in (*state, scores, v)), what=what, hint=_ANY_LAYOUT)
+    _expect_state(got, expected, what, **_tolerances(dtype))
+    first = _initial_state(batch_shape, n_q, ev, dtype)
+    what = f"online_softmax_update on the first tile, m, l and acc given as expanded views (torch.full((), -inf).expand(...)), {shapes}"
+    got = _call(online_softmax_update, *(_expanded(t) for t in first), scores, v, what=what, hint=_ANY_LAYOUT)
+    _expect_state(got, ref.online_softmax_update(*first, scores, v), what, **_tolerances(dtype))
+    what = f"online_softmax_update(m, l, acc, scores, v) with inputs on the meta device (standing in for a GPU), {shapes}"
+    _expect_same_device(online_softmax_update, *on_meta(*state, scores, v), what=what)
 
 
 def _check_folding(online_softmax_update, gen, seed, dtype) -> None:
@@ -131,9 +212,7 @@ def _check_folding(online_softmax_update, gen, seed, dtype) -> None:
     state = _initial_state(batch_shape, n_q, ev, dtype)
     for k_start, k_end in cuts:
         got = call(online_softmax_update, *state, scores[..., k_start:k_end], v[..., k_start:k_end, :], what=what)
-        if not isinstance(got, (tuple, list)) or len(got) != 3:
-            raise AssertionError(f"{what}: should return a tuple (m_new, l_new, acc_new), got {type(got).__name__}")
-        state = tuple(got)
+        state = _expect_triple(got, what)
     m, l, acc = state
     expect_tensor(m, scores.amax(dim=-1), f"{what}: the final m (the row maximum of all scores)", **_tolerances(dtype))
     expected_l = torch.exp(scores - scores.amax(dim=-1, keepdim=True)).sum(dim=-1)
@@ -144,7 +223,11 @@ def _check_folding(online_softmax_update, gen, seed, dtype) -> None:
 
 
 def check_online_softmax_update_edge_cases(online_softmax_update) -> None:
-    """Huge scores, a fully masked row before and after the first tile, a one-key tile, a row of one query."""
+    """Huge scores, a fully masked row before and after the first tile, a one-key tile, a row of one query.
+
+    Also: a running maximum in the thousands, a first tile far below zero, all-zero and tiny
+    scores, and a chain of tiles (all ``-inf``, thousands, all ``-inf``, lower) in both dtypes.
+    """
     online_softmax_update = watched(online_softmax_update, ONLINE_SOFTMAX_UPDATE)
     inf = _NEG_INF
     m0, l0, acc0 = _initial_state((), 2, 2, torch.float32)
@@ -161,6 +244,17 @@ def check_online_softmax_update_edge_cases(online_softmax_update) -> None:
          (torch.tensor([5.0, 7.0]), torch.tensor([1.0, 2.0]), torch.tensor([[0.5, 0.5], [1.0, -1.0]])), torch.tensor([[1.0, 2.0], [3.0, 4.0]]), v),
         ("a tile of a single key", (m0, l0, acc0), torch.tensor([[0.3], [-2.0]]), v[:1]),
         ("huge scores in float64", tuple(t.double() for t in (m0, l0, acc0)), torch.tensor([[800.0, -800.0], [700.0, 710.0]], dtype=torch.float64), v.double()),
+        ("a later tile while the running maximum is in the thousands (exp(m) alone overflows)",
+         (torch.tensor([1000.0, 1005.0]), torch.tensor([1.5, 2.0]), torch.tensor([[1.0, -1.0], [0.5, 2.0]])),
+         torch.tensor([[1003.0, 990.0], [1001.0, 1004.0]]), v),
+        ("a later tile while the running maximum is in the thousands, float64",
+         (torch.tensor([3000.0, -3000.0], dtype=torch.float64), torch.tensor([1.5, 2.0], dtype=torch.float64),
+          torch.tensor([[1.0, -1.0], [0.5, 2.0]], dtype=torch.float64)),
+         torch.tensor([[3004.0, 2990.0], [-2990.0, -3010.0]], dtype=torch.float64), v.double()),
+        ("a first tile whose scores are all far below zero, float64 (exp(-m_new) alone overflows)",
+         tuple(t.double() for t in (m0, l0, acc0)), torch.tensor([[-1e4, -1e4 - 1.0], [-2000.0, -2003.0]], dtype=torch.float64), v.double()),
+        ("all-zero scores and values on the first tile", (m0, l0, acc0), torch.zeros(2, 2), torch.zeros(2, 2)),
+        ("scores of 1e-30 (a tiny spread)", (m0, l0, acc0), torch.tensor([[1e-30, -1e-30], [0.0, 2e-30]]), v),
     ]
     for name, state, scores, values in cases:
         what = f"online_softmax_update on {name}: m={state[0].tolist()}, l={state[1].tolist()}, scores={scores.tolist()}"
@@ -176,6 +270,24 @@ def check_online_softmax_update_edge_cases(online_softmax_update) -> None:
         got = call(online_softmax_update, m, l, acc, tile, tile_v, what=what)
         _expect_state(got, ref.online_softmax_update(m, l, acc, tile, tile_v), what)
         m, l, acc = ref.online_softmax_update(m, l, acc, tile, tile_v)
+    for dtype in _DTYPES:
+        _check_masked_and_huge_tiles(online_softmax_update, dtype)
+
+
+def _check_masked_and_huge_tiles(online_softmax_update, dtype) -> None:
+    """Four tiles folded one after the other: all ``-inf``, then scores in the thousands, then all ``-inf``, then lower scores."""
+    inf = _NEG_INF
+    tiles = [[[inf, inf], [inf, inf]], [[2000.0, 1999.0], [inf, -1500.0]], [[inf, inf], [inf, inf]], [[-5.0, 3.0], [-1000.0, -2000.0]]]
+    values = torch.tensor([[1.0, -2.0], [0.5, 3.0]], dtype=dtype)
+    state = _initial_state((), 2, 2, dtype)
+    for i, tile in enumerate(tiles):
+        scores = torch.tensor(tile, dtype=dtype)
+        what = (f"online_softmax_update on tile {i + 1} of {tiles} ({dtype}), folded from m = -inf, l = 0, acc = 0: "
+                f"m={state[0].tolist()}, l={state[1].tolist()}, scores={tile}")
+        got = call(online_softmax_update, *state, scores, values, what=what)
+        expected = ref.online_softmax_update(*state, scores, values)
+        _expect_state(got, expected, what, **_tolerances(dtype))
+        state = expected
 
 
 # --------------------------------------------------------------------------- one tile of the forward pass
@@ -194,7 +306,8 @@ def check_forward_tile_step(forward_tile_step, seed: int | None = None, n_cases:
 
     Random shapes, float32 and float64, the first and later tiles, a scale that is neither
     1 nor ``1/sqrt(E)``, no mask and random boolean masks (some rows allowed no key at all).
-    Then a whole attention is computed tile by tile with the function and compared with
+    Then arguments by keyword and by position, non-contiguous inputs, inputs on another device
+    (meta), and a whole attention computed tile by tile with the function and compared with
     ``torch.nn.functional.scaled_dot_product_attention``, causal and not.
     """
     forward_tile_step = watched(forward_tile_step, FORWARD_TILE_STEP)
@@ -225,8 +338,37 @@ def check_forward_tile_step(forward_tile_step, seed: int | None = None, n_cases:
     state = _initial_state((2,), 3, 4, torch.float32)
     what = "forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, 0.5) called without mask"
     _expect_state(call(forward_tile_step, q, k, v, *state, 0.5, what=what), ref.forward_tile_step(q, k, v, *state, 0.5), what, **_tolerances(torch.float32, True))
+    for dtype in _DTYPES:
+        _check_tile_conventions(forward_tile_step, gen, seed, dtype)
     for case in range(4):
         _check_tiled_attention(forward_tile_step, gen, seed, dtype=_DTYPES[case % 2], is_causal=case >= 2)
+
+
+def _check_tile_conventions(forward_tile_step, gen, seed, dtype) -> None:
+    """Arguments by keyword and by position, non-contiguous inputs, and the input's device kept (meta stands in for a GPU)."""
+    batch_shape = (randint(gen, 2, 3), randint(gen, 2, 3))
+    bq, bk, e, ev = randint(gen, 2, 5), randint(gen, 2, 5), randint(gen, 2, 6), randint(gen, 2, 4)
+    q, k = _randn(gen, *batch_shape, bq, e, dtype=dtype) * 2, _randn(gen, *batch_shape, bk, e, dtype=dtype) * 2
+    v = _randn(gen, *batch_shape, bk, ev, dtype=dtype)
+    state = _random_state(gen, batch_shape, bq, ev, dtype)
+    scale, mask = _random_scale(gen, e), torch.rand(bq, bk, generator=gen) < 0.6
+    tensors = (q, k, v, *state)
+    shapes = f"q_tile {tuple(q.shape)}, k_tile {tuple(k.shape)}, v_tile {tuple(v.shape)}, {dtype}, scale={scale:.4f}, mask {mask.int().tolist()} (seed {seed})"
+    expected, tol = ref.forward_tile_step(*tensors, scale, mask), _tolerances(dtype, loose=True)
+    names = ("q_tile", "k_tile", "v_tile", "m", "l", "acc")
+    what = f"forward_tile_step(q_tile=..., k_tile=..., v_tile=..., m=..., l=..., acc=..., scale=..., mask=...), every argument by keyword, with {shapes}"
+    got = _call(forward_tile_step, what=what, hint=_BY_KEYWORD, scale=scale, mask=mask, **dict(zip(names, tensors)))
+    _expect_state(got, expected, what, **tol)
+    what = f"forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, mask), every argument by position, with {shapes}"
+    _expect_state(_call(forward_tile_step, *tensors, scale, mask, what=what, hint="; the order is (q_tile, k_tile, v_tile, m, l, acc, scale, mask=None)"),
+                  expected, what, **tol)
+    what = (f"forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, mask=mask) with every tensor non-contiguous "
+            f"(strided, dims stored in reverse order), {shapes}")
+    got = _call(forward_tile_step, *(_non_contiguous(t) for t in tensors), scale, mask=_non_contiguous(mask), what=what, hint=_ANY_LAYOUT)
+    _expect_state(got, expected, what, **tol)
+    for m in (mask, None):
+        what = f"forward_tile_step(..., scale, mask={'a mask' if m is not None else 'None'}) with inputs on the meta device (standing in for a GPU), {shapes}"
+        _expect_same_device(forward_tile_step, *on_meta(*tensors), scale, what=what, mask=None if m is None else on_meta(m)[0])
 
 
 def _check_tiled_attention(forward_tile_step, gen, seed, dtype, is_causal) -> None:
@@ -249,9 +391,7 @@ def _check_tiled_attention(forward_tile_step, gen, seed, dtype, is_causal) -> No
             mask = causal_mask(q_end - q_start, k_end - k_start, offset=q_start - k_start) if is_causal else None
             got = call(forward_tile_step, q[..., q_start:q_end, :], k[..., k_start:k_end, :], v[..., k_start:k_end, :],
                        *state, scale, mask=mask, what=what)
-            if not isinstance(got, (tuple, list)) or len(got) != 3:
-                raise AssertionError(f"{what}: forward_tile_step should return a tuple (m, l, acc), got {type(got).__name__}")
-            state = tuple(got)
+            state = _expect_triple(got, f"forward_tile_step in {what}")
         m, l, acc = state
         if type(l) is not torch.Tensor or type(acc) is not torch.Tensor:
             raise AssertionError(f"{what}: forward_tile_step should return tensors (m, l, acc)")
@@ -260,7 +400,11 @@ def _check_tiled_attention(forward_tile_step, gen, seed, dtype, is_causal) -> No
 
 
 def check_forward_tile_step_edge_cases(forward_tile_step) -> None:
-    """Large scores, a query with no allowed key on the first tile, a scale of 1, a 1 x 1 tile."""
+    """Large scores, a query with no allowed key on the first tile, a scale of 1, a 1 x 1 tile.
+
+    Also: scores in the thousands in float64, a tiny scale, all-zero queries and keys, a fully
+    masked tile after a finite state, and a first tile whose scores are all far below zero.
+    """
     forward_tile_step = watched(forward_tile_step, FORWARD_TILE_STEP)
     gen, _ = new_generator(5)
     q = _randn(gen, 3, 8, dtype=torch.float32) * 30
@@ -274,7 +418,18 @@ def check_forward_tile_step_edge_cases(forward_tile_step) -> None:
         ("scale = 1", q / 30, k / 30, v, fresh, 1.0, None),
         ("a 1 x 1 tile in float64", q[:1, :].double() / 30, k[:1].double() / 30, v[:1].double(), _initial_state((), 1, 2, torch.float64), 0.25,
          torch.tensor([[True]])),
+        ("scores in the thousands in float64", q.double(), k.double(), v.double(), _initial_state((), 3, 2, torch.float64), 1.0, None),
+        ("a tiny scale (1e-6: nearly equal weights)", q, k, v, fresh, 1e-6, None),
+        ("all-zero queries and keys (equal weights)", torch.zeros(3, 8), torch.zeros(4, 8), v, fresh, 0.35, None),
+        ("a tile whose keys are all masked, after a finite state (nothing may change)", q / 30, k / 30, v,
+         (torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 2.5, 1.5]), torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.0, 3.0]])), 0.35,
+         torch.zeros(3, 4, dtype=torch.bool)),
     ]
+    for dtype in _DTYPES:
+        far_q = torch.randint(20, 41, (3, 16), generator=gen).to(dtype)
+        far_k = -torch.randint(20, 41, (4, 16), generator=gen).to(dtype)
+        cases.append((f"a first tile whose scores are all far below zero (about -1600 to -6400), {dtype}", far_q, far_k, v.to(dtype),
+                      _initial_state((), 3, 2, dtype), 0.25, mask))
     for name, qt, kt, vt, state, scale, m in cases:
         what = f"forward_tile_step on {name}"
         got = call(forward_tile_step, qt, kt, vt, *state, scale, mask=m, what=what)
@@ -289,9 +444,19 @@ def _brute_force_skip(q_start: int, q_end: int, k_start: int, k_end: int) -> boo
     return not any(j <= i for i in range(q_start, q_end) for j in range(k_start, k_end))
 
 
+def _type_name(value) -> str:
+    """``int``, or ``numpy.bool`` for a type outside Python's builtins (numpy's bool is also named ``bool``)."""
+    kind = type(value)
+    if kind.__module__ == "builtins":
+        return kind.__name__
+    if kind.__module__ == "sandbox":  # a stand-in for what the grading sandbox could not send as data
+        return f"a {kind.__name__} that is not Python's"
+    return f"{kind.__module__}.{kind.__name__}"
+
+
 def _expect_bool(got, expected: bool, what: str) -> None:
     if type(got) is not bool:
-        raise AssertionError(f"{what} should return a Python bool (True or False), got {type(got).__name__} ({got!r}); try bool(...)")
+        raise AssertionError(f"{what} should return a Python bool (True or False), got {_type_name(got)} ({got!r}); try bool(...)")
     if got != expected:
         reason = "no query of the tile may see any of its keys" if expected else "some query of the tile may see one of its keys"
         raise AssertionError(f"{what} should be {expected}: {reason}, got {got}")
@@ -320,6 +485,10 @@ def check_causal_tile_skip(causal_tile_skip, seed: int | None = None) -> None:
         k_end = k_start + block_k
         what = f"causal_tile_skip(q_start={q_start}, q_end={q_end}, k_start={k_start}) for keys {k_start}..{k_end - 1} (seed {seed})"
         _expect_bool(causal_tile_skip(q_start, q_end, k_start), _brute_force_skip(q_start, q_end, k_start, k_end), what)
+    for q_start, q_end, k_start in ((0, 4, 4), (0, 4, 3), (8, 12, 11), (8, 12, 12), (16, 17, 16)):
+        what = f"causal_tile_skip(k_start={k_start}, q_end={q_end}, q_start={q_start}), called by keyword"
+        got = _call(causal_tile_skip, k_start=k_start, q_end=q_end, q_start=q_start, what=what, hint=_BY_KEYWORD)
+        _expect_bool(got, _brute_force_skip(q_start, q_end, k_start, k_start + 1), what)
 
 
 def check_causal_tile_skip_in_attention(causal_tile_skip, seed: int | None = None, n_cases: int = 6) -> None:

@@ -9,12 +9,14 @@ with an explanation when something is off. ``seed`` reproduces a failing run.
 
 from __future__ import annotations
 
+import copy
+
 import torch
 import torch.nn.functional as F
 
 from course_lib import attention as ref
 from course_lib import kvcache
-from course_lib.checks.common import call, expect_int, expect_tensor, new_generator, randint
+from course_lib.checks.common import call, expect_int, expect_same_device, expect_tensor, new_generator, on_meta, randint
 from course_lib.checks.guard import Rules, watched
 
 _DTYPES = (torch.float32, torch.float64)
@@ -38,11 +40,58 @@ def _randn(gen: torch.Generator, shape, dtype) -> torch.Tensor:
     return torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
 
 
+_BY_KEYWORD = "; keep the parameter names of the signature in the docstring"
+_ANY_LAYOUT = "; an input may be a non-contiguous view: use reshape (not view), or .contiguous() first"
+
+
+def _call(fn, *args, what: str, hint: str, **kwargs):
+    """``common.call``, with an error raised by the answer turned into a failure that says which call raised it and why."""
+    try:
+        return call(fn, *args, what=what, **kwargs)
+    except (TypeError, RuntimeError, ValueError, IndexError) as err:
+        raise AssertionError(f"{what} raised {type(err).__name__}: {err}{hint}") from None
+
+
+def _expect_same_device(fn, *args, what: str, **kwargs) -> None:
+    """``common.expect_same_device``; copying the inputs' data into a CPU tensor fails too.
+
+    On ``meta`` such a copy (a buffer made without ``device=`` and filled with the input, or
+    ``.cpu()``) raises "Cannot copy out of meta tensor"; on a GPU it would leave the result on the CPU.
+    """
+    def run(*a, **k):
+        try:
+            return fn(*a, **k)
+        except NotImplementedError as err:
+            if "copy out of meta" not in str(err):
+                raise
+            raise AssertionError(
+                f"{what} copied its input's data to the CPU (into a tensor made without device=..., or with .cpu() or .tolist()): "
+                "keep the input's device, e.g. torch.empty(..., device=x.device) or torch.empty_like(x)"
+            ) from None
+
+    expect_same_device(run, *args, what=what, **kwargs)
+
+
+def _cache_layouts(gen: torch.Generator, shape, dtype) -> dict[str, torch.Tensor]:
+    """Random ``(B, H, S, D)`` tensors in the non-contiguous layouts real caches come in, by description."""
+    b, h, s, d = shape
+    return {
+        "stored as (B, S, H, D) and transposed": _randn(gen, (b, s, h, d), dtype).transpose(1, 2),
+        "stored as (B, H, D, S) and transposed": _randn(gen, (b, h, d, s), dtype).transpose(-2, -1),
+        "a slice [:, :, :S] of a longer preallocated cache": _randn(gen, (b, h, s + 3, d), dtype)[:, :, :s],
+        "one batch row expanded to B rows (stride 0)": _randn(gen, (1, h, s, d), dtype).expand(b, h, s, d),
+    }
+
+
 # --------------------------------------------------------------------------- repeat_kv
 
 
 def check_repeat_kv(repeat_kv, seed: int | None = None, n_cases: int = 10) -> None:
-    """``repeat_kv(x, n_rep)``: ``(B, H_kv, S, D) -> (B, H_kv * n_rep, S, D)``, head ``h`` of the result is head ``h // n_rep``."""
+    """``repeat_kv(x, n_rep)``: ``(B, H_kv, S, D) -> (B, H_kv * n_rep, S, D)``, head ``h`` of the result is head ``h // n_rep``.
+
+    Also: float16 and bfloat16, an empty cache (S = 0), non-contiguous layouts, a call by
+    keyword, and inputs on another device (meta).
+    """
     repeat_kv = watched(repeat_kv, REPEAT_KV)
     x = torch.arange(3.0).reshape(1, 3, 1, 1)  # kv heads holding 0, 1, 2
     what = "repeat_kv(x, 2) for x with kv heads [0, 1, 2] (expected query heads [0, 0, 1, 1, 2, 2], not [0, 1, 2, 0, 1, 2])"
@@ -57,6 +106,29 @@ def check_repeat_kv(repeat_kv, seed: int | None = None, n_cases: int = 10) -> No
         x = _randn(gen, shape, dtype)
         what = f"repeat_kv(x, n_rep={n_rep}) for x of shape {shape} and dtype {dtype} (seed {seed})"
         expect_tensor(call(repeat_kv, x, n_rep, what=what), ref.repeat_kv(x, n_rep), what)
+    _check_repeat_kv_inputs(repeat_kv, gen, seed)
+
+
+def _check_repeat_kv_inputs(repeat_kv, gen, seed) -> None:
+    """Half-precision dtypes, an empty cache (S = 0), non-contiguous layouts, a call by keyword, and the device kept."""
+    shape, n_rep = (randint(gen, 2, 3), randint(gen, 2, 3), randint(gen, 2, 5), randint(gen, 2, 6)), randint(gen, 2, 3)
+    for dtype in (torch.float16, torch.bfloat16):
+        x = _randn(gen, shape, dtype)
+        what = f"repeat_kv(x, {n_rep}) for x of shape {shape} and dtype {dtype} (the result keeps x's dtype) (seed {seed})"
+        expect_tensor(call(repeat_kv, x, n_rep, what=what), ref.repeat_kv(x, n_rep), what)
+    empty = _randn(gen, (shape[0], shape[1], 0, shape[3]), torch.float32)
+    what = f"repeat_kv(x, {n_rep}) for an empty cache x of shape {tuple(empty.shape)} (no position yet) (seed {seed})"
+    expect_tensor(_call(repeat_kv, empty, n_rep, what=what, hint="; a dim of size 0 leaves reshape(..., -1) undetermined"),
+                  ref.repeat_kv(empty, n_rep), what)
+    for name, x in _cache_layouts(gen, shape, _DTYPES[randint(gen, 0, 1)]).items():
+        what = f"repeat_kv(x, {n_rep}) for x of shape {shape}, {x.dtype}, {name} (seed {seed})"
+        expect_tensor(_call(repeat_kv, x, n_rep, what=what, hint=_ANY_LAYOUT), ref.repeat_kv(x, n_rep), what)
+    x = _randn(gen, shape, torch.float32)
+    what = f"repeat_kv(x=x, n_rep={n_rep}) called by keyword, x of shape {shape} (seed {seed})"
+    expect_tensor(_call(repeat_kv, x=x, n_rep=n_rep, what=what, hint=_BY_KEYWORD), ref.repeat_kv(x, n_rep), what)
+    for rep_ in (n_rep, 1):
+        what = f"repeat_kv(x, {rep_}) for x of shape {shape} on the meta device (standing in for a GPU)"
+        _expect_same_device(repeat_kv, *on_meta(x), rep_, what=what)
 
 
 def check_repeat_kv_against_transformers(repeat_kv) -> None:
@@ -86,11 +158,12 @@ def _random_config(gen: torch.Generator) -> dict:
     head_dim = 8 * randint(gen, 1, 32)
     config = {"num_hidden_layers": randint(gen, 1, 96), "num_attention_heads": n_heads, "hidden_size": n_heads * head_dim,
               "intermediate_size": 4 * n_heads * head_dim, "vocab_size": 32000}
-    kind = randint(gen, 0, 3)
-    if kind in (1, 3):
-        config["num_key_value_heads"] = n_kv
-    if kind in (2, 3):
-        config["head_dim"] = 8 * randint(gen, 1, 32)  # may differ from hidden_size // num_attention_heads, as Gemma's
+    # each optional key: missing, set, or None (as a config.json's null); a set head_dim may differ from
+    # hidden_size // num_attention_heads, as Gemma's
+    for key, value in (("num_key_value_heads", n_kv), ("head_dim", 8 * randint(gen, 1, 32))):
+        kind = randint(gen, 0, 2)
+        if kind:
+            config[key] = value if kind == 1 else None
     return config
 
 
@@ -99,19 +172,46 @@ def _describe_config(config: dict) -> str:
     return "{" + ", ".join(f"{k!r}: {config[k]}" for k in keys if k in config) + "}"
 
 
-def _call_with_config(fn, config: dict, *args, what: str):
-    """Call ``fn(config, *args)``; a KeyError or TypeError becomes an AssertionError that says which key to look at."""
+_OPTIONAL_KEYS = (". A config may lack num_key_value_heads or head_dim, or hold None for them: "
+                  "then use num_attention_heads, and hidden_size // num_attention_heads")
+
+
+def _call_with_config(fn, config: dict, *args, what: str, by_keyword: bool = False, **kwargs):
+    """Call ``fn(config, *args, **kwargs)`` (``fn(*args, config=config, **kwargs)`` when ``by_keyword``) on a copy of
+    ``config``; fail if it raised a KeyError or TypeError, or changed the copy."""
+    given = copy.deepcopy(config)
     try:
-        return call(fn, dict(config), *args, what=what)
+        got = call(fn, *args, what=what, config=given, **kwargs) if by_keyword else call(fn, given, *args, what=what, **kwargs)
     except (KeyError, TypeError) as err:
-        raise AssertionError(
-            f"{what} raised {type(err).__name__}: {err}. A config may lack num_key_value_heads or head_dim, "
-            "or hold None for them: then use num_attention_heads, and hidden_size // num_attention_heads"
-        ) from err
+        hint = _BY_KEYWORD if isinstance(err, TypeError) and "argument" in str(err) else _OPTIONAL_KEYS
+        raise AssertionError(f"{what} raised {type(err).__name__}: {err}{hint}") from err
+    _expect_config_unchanged(given, config, what)
+    return got
+
+
+def _expect_config_unchanged(after, before: dict, what: str) -> None:
+    """Fail if the answer added, removed or changed a key of the config dict it was given."""
+    try:
+        same = type(after) is dict and after == before
+    except Exception:  # a value that cannot be compared (a tensor written into the config)
+        same = False
+    if same:
+        return
+    after = after if isinstance(after, dict) else {}
+    added, removed = sorted(set(after) - set(before)), sorted(set(before) - set(after))
+    changed = sorted(k for k in set(before) & set(after) if after[k] is not before[k] and after[k] != before[k])
+    raise AssertionError(
+        f"{what} changed the config dict it was given (keys added: {added}, removed: {removed}, changed: {changed}); "
+        "read it with config.get(key) and leave the caller's dict as it was"
+    )
 
 
 def check_kv_cache_bytes_from_config(kv_cache_bytes_from_config, seed: int | None = None, n_cases: int = 16) -> None:
-    """``kv_cache_bytes_from_config(config, seq_len, batch_size=1, bytes_per_value=2)`` on published and random configs."""
+    """``kv_cache_bytes_from_config(config, seq_len, batch_size=1, bytes_per_value=2)`` on published and random configs.
+
+    Optional keys missing, set or None; each default alone; every argument by keyword; 0.5 bytes
+    per value; and the config dict the answer is given must be left as it was.
+    """
     kv_cache_bytes_from_config = watched(kv_cache_bytes_from_config, KV_CACHE_BYTES_FROM_CONFIG)
     gen, seed = new_generator(seed)
     for name, config in kvcache.PUBLISHED_CONFIGS.items():
@@ -129,6 +229,25 @@ def check_kv_cache_bytes_from_config(kv_cache_bytes_from_config, seed: int | Non
     config = kvcache.PUBLISHED_CONFIGS["Llama-3-8B"]
     what = "kv_cache_bytes_from_config(Llama-3-8B's config, 4096) with the defaults batch_size=1, bytes_per_value=2"
     expect_int(_call_with_config(kv_cache_bytes_from_config, config, 4096, what=what), 512 * 2**20, what)
+    _check_config_calls(kv_cache_bytes_from_config, gen, seed)
+
+
+def _check_config_calls(kv_cache_bytes_from_config, gen, seed) -> None:
+    """One default at a time, every argument by keyword, and 0.5 bytes per value (4-bit) still giving an int."""
+    config = _random_config(gen)
+    seq, batch = randint(gen, 1, 8192), randint(gen, 2, 8)
+    described = f"{_describe_config(config)}, seq_len={seq}"
+    calls = [  # (how it is called, arguments after config, keyword arguments, batch_size and bytes_per_value meant)
+        (f"kv_cache_bytes_from_config(config, {seq}, {batch}): bytes_per_value defaults to 2", (seq, batch), {}, batch, 2),
+        (f"kv_cache_bytes_from_config(config, {seq}, bytes_per_value=4): batch_size defaults to 1", (seq,), {"bytes_per_value": 4}, 1, 4),
+        (f"kv_cache_bytes_from_config(config=config, seq_len={seq}, batch_size={batch}, bytes_per_value=1), every argument by keyword",
+         (), {"by_keyword": True, "seq_len": seq, "batch_size": batch, "bytes_per_value": 1}, batch, 1),
+        (f"kv_cache_bytes_from_config(config, {seq}, {batch}, 0.5) for a 4-bit cache (half a byte per value)", (seq, batch, 0.5), {}, batch, 0.5),
+    ]
+    for how, args, kwargs, batch_size, nbytes in calls:
+        what = f"{how}, config {described} (seed {seed})"
+        got = _call_with_config(kv_cache_bytes_from_config, config, *args, what=what, **kwargs)
+        expect_int(got, kvcache.kv_cache_bytes_from_config(config, seq, batch_size, nbytes), what)
 
 
 def check_kv_cache_bytes_from_config_against_transformers(kv_cache_bytes_from_config) -> None:
@@ -200,7 +319,11 @@ def _unpack_step(result, what: str):
 
 
 def check_cached_attention_step(cached_attention_step, seed: int | None = None, n_cases: int = 10) -> None:
-    """One step on random caches: the output ``(B, H, 1, D)`` and the grown caches ``(B, H_kv, T + 1, D)``."""
+    """One step on random caches: the output ``(B, H, 1, D)`` and the grown caches ``(B, H_kv, T + 1, D)``.
+
+    Also: scores in the thousands (an unstable softmax overflows), an all-zero query, non-contiguous
+    inputs, every argument by keyword, and inputs on another device (meta), empty caches among them.
+    """
     cached_attention_step = watched(cached_attention_step, CACHED_ATTENTION_STEP)
     gen, seed = new_generator(seed)
     # always: MHA, GQA with several kv heads (tiling and interleaving differ), MQA, and an empty cache
@@ -215,15 +338,66 @@ def check_cached_attention_step(cached_attention_step, seed: int | None = None, 
         k_cache, v_cache = _randn(gen, (b, h_kv, t, d), dtype), _randn(gen, (b, h_kv, t, d), dtype)
         what = (f"cached_attention_step with q {tuple(q.shape)}, k_new {tuple(k_new.shape)}, caches {tuple(k_cache.shape)} "
                 f"({h} query heads, {h_kv} kv heads), {dtype} (seed {seed})")
-        got = _unpack_step(call(cached_attention_step, q, k_new, v_new, k_cache, v_cache, what=what), what)
-        expected = reference_cached_attention_step(q, k_new, v_new, k_cache, v_cache)
-        try:
-            expect_tensor(got[0], expected[0], f"out returned by {what}")
-        except AssertionError as err:
-            raise AssertionError(str(err) + _diagnose(got[0], q, k_new, v_new, k_cache, v_cache)) from None
-        for part, g, e in zip(("k_cache", "v_cache"), got[1:], expected[1:]):
-            expect_tensor(g, e, f"{part} returned by {what}" + (" (append at the end: torch.cat([k_cache, k_new], dim=2))"
-                                                              if type(g) is torch.Tensor and g.shape == e.shape else ""))
+        got = call(cached_attention_step, q, k_new, v_new, k_cache, v_cache, what=what)
+        _expect_step(got, (q, k_new, v_new, k_cache, v_cache), what)
+    _check_step_extremes(cached_attention_step, gen, seed)
+    _check_step_inputs(cached_attention_step, gen, seed)
+
+
+def _expect_step(got, inputs: tuple, what: str) -> None:
+    """``got`` must be the tuple ``(out, k_cache, v_cache)`` that the reference computes from ``inputs``."""
+    got = _unpack_step(got, what)
+    expected = reference_cached_attention_step(*inputs)
+    try:
+        expect_tensor(got[0], expected[0], f"out returned by {what}")
+    except AssertionError as err:
+        raise AssertionError(str(err) + _diagnose(got[0], *inputs)) from None
+    for part, g, e in zip(("k_cache", "v_cache"), got[1:], expected[1:]):
+        expect_tensor(g, e, f"{part} returned by {what}" + (" (append at the end: torch.cat([k_cache, k_new], dim=2))"
+                                                          if type(g) is torch.Tensor and g.shape == e.shape else ""))
+
+
+def _integer_valued(gen: torch.Generator, shape, low: int, high: int, dtype) -> torch.Tensor:
+    """Whole numbers in ``[low, high]``: their dot products and the scale 1/4 are exact, whatever the order of operations."""
+    return torch.randint(low, high + 1, shape, generator=gen).to(dtype)
+
+
+def _check_step_extremes(cached_attention_step, gen, seed) -> None:
+    """Scores in the thousands, of both signs (an unstable softmax overflows), an empty cache among them; all-zero queries."""
+    for dtype in _DTYPES:
+        for t in (0, 5):
+            b, h_kv, group, d = 2, 2, 2, 16  # d = 16: the scale 1/sqrt(d) = 1/4 is exact
+            q = _integer_valued(gen, (b, h_kv * group, 1, d), -60, 60, dtype)
+            k_new, k_cache = _integer_valued(gen, (b, h_kv, 1, d), -60, 60, dtype), _integer_valued(gen, (b, h_kv, t, d), -60, 60, dtype)
+            v_new, v_cache = _randn(gen, (b, h_kv, 1, d), dtype), _randn(gen, (b, h_kv, t, d), dtype)
+            what = (f"cached_attention_step with scores in the thousands (q and k whole numbers up to 60, head_dim 16; "
+                    f"subtract the maximum before exp), q {tuple(q.shape)}, caches {tuple(k_cache.shape)}, {dtype} (seed {seed})")
+            _expect_step(call(cached_attention_step, q, k_new, v_new, k_cache, v_cache, what=what), (q, k_new, v_new, k_cache, v_cache), what)
+    inputs = (torch.zeros(1, 4, 1, 8), *(_randn(gen, (1, 2, n, 8), torch.float32) for n in (1, 1, 3, 3)))
+    what = f"cached_attention_step with an all-zero query (equal weights on the 4 positions) (seed {seed})"
+    _expect_step(call(cached_attention_step, *inputs, what=what), inputs, what)
+
+
+def _check_step_inputs(cached_attention_step, gen, seed) -> None:
+    """Non-contiguous inputs, every argument by keyword, and the input's device kept (meta stands in for a GPU)."""
+    b, h_kv, group, d, t = randint(gen, 2, 3), randint(gen, 2, 3), randint(gen, 2, 3), randint(gen, 2, 8), randint(gen, 2, 6)
+    dtype = _DTYPES[randint(gen, 0, 1)]
+    h = h_kv * group
+    caches = list(_cache_layouts(gen, (b, h_kv, t, d), dtype).items())
+    news = list(_cache_layouts(gen, (b, h_kv, 1, d), dtype).values())
+    queries = list(_cache_layouts(gen, (b, h, 1, d), dtype).values())
+    for i, (layout, k_cache) in enumerate(caches):
+        inputs = (queries[i], news[i], news[(i + 1) % len(news)], k_cache, caches[(i + 1) % len(caches)][1])
+        what = (f"cached_attention_step with non-contiguous inputs (k_cache {layout}, v_cache {caches[(i + 1) % len(caches)][0]}), "
+                f"q {(b, h, 1, d)}, caches {(b, h_kv, t, d)}, {dtype} (seed {seed})")
+        _expect_step(_call(cached_attention_step, *inputs, what=what, hint=_ANY_LAYOUT), inputs, what)
+    inputs = (_randn(gen, (b, h, 1, d), dtype), *(_randn(gen, (b, h_kv, n, d), dtype) for n in (1, 1, t, t)))
+    what = f"cached_attention_step(q=q, k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache), every argument by keyword (seed {seed})"
+    _expect_step(_call(cached_attention_step, what=what, hint=_BY_KEYWORD, **dict(zip(("q", "k_new", "v_new", "k_cache", "v_cache"), inputs))),
+                 inputs, what)
+    for n in (t, 0):
+        what = f"cached_attention_step with q {(b, h, 1, d)} and caches {(b, h_kv, n, d)} on the meta device (standing in for a GPU)"
+        _expect_same_device(cached_attention_step, *on_meta(*inputs[:3], *(x[:, :, :n] for x in inputs[3:])), what=what)
 
 
 def check_cached_attention_step_decodes_like_full_attention(cached_attention_step, seed: int | None = None) -> None:

@@ -2,6 +2,7 @@
 
 import math
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -53,6 +54,49 @@ def repeat_kv_modulo(x, n_rep):
     """Head ``h`` of the result from head ``h % H_kv`` (tiling again, by indexing)."""
     h = x.shape[1]
     return x[:, torch.arange(h * n_rep) % h]
+
+
+def repeat_kv_flatten_with_view(x, n_rep):
+    """Flattens (seq, head_dim) with x.view(b, h, s * d): fails for a non-contiguous x (a cache stored as (B, S, H, D) and transposed)."""
+    b, h, s, d = x.shape
+    return x.view(b, h, s * d).repeat_interleave(n_rep, dim=1).view(b, h * n_rep, s, d)
+
+
+def repeat_kv_flatten_with_minus_one(x, n_rep):
+    """Flattens batch and heads with reshape(-1, s, d): fails for an empty cache (s = 0 leaves the -1 undetermined)."""
+    b, h, s, d = x.shape
+    return x.reshape(-1, s, d).repeat_interleave(n_rep, dim=0).reshape(b, h * n_rep, s, d)
+
+
+def repeat_kv_times_ones(x, n_rep):
+    """Repeats by multiplying with torch.ones(n_rep, 1, 1): made on the CPU in float32 (wrong dtype for fp16/bf16, wrong device)."""
+    b, h, s, d = x.shape
+    return (x[:, :, None] * torch.ones(n_rep, 1, 1)).reshape(b, h * n_rep, s, d)
+
+
+def repeat_kv_unsqueeze_in_place(x, n_rep):
+    """Adds the repeat axis with x.unsqueeze_(2): changes the caller's tensor."""
+    b, h, s, d = x.shape
+    return x.unsqueeze_(2).expand(b, h, n_rep, s, d).reshape(b, h * n_rep, s, d)
+
+
+def repeat_kv_upcasts(x, n_rep):
+    """Computes in float32 (x.float()): float64 and half-precision caches lose their dtype."""
+    return x.float().repeat_interleave(n_rep, dim=1)
+
+
+def repeat_kv_loop_into_buffer(x, n_rep):
+    """Right values and dtype, but fills a buffer made with torch.empty(..., dtype=x.dtype) on the CPU: a GPU cache comes back on the CPU."""
+    b, h, s, d = x.shape
+    out = torch.empty(b, h * n_rep, s, d, dtype=x.dtype)
+    for i in range(h * n_rep):
+        out[:, i] = x[:, i // n_rep]
+    return out
+
+
+def repeat_kv_renamed_arguments(kv, repeats):
+    """Right values, but renames the documented arguments: a call by keyword (x=..., n_rep=...) fails."""
+    return kv.repeat_interleave(repeats, dim=1)
 
 
 # --------------------------------------------------------------------------- kv_cache_bytes_from_config
@@ -112,6 +156,46 @@ def kv_config_none_is_a_value(config, seq_len, batch_size=1, bytes_per_value=2):
     n_kv = config.get("num_key_value_heads", config["num_attention_heads"])
     head_dim = config.get("head_dim", config["hidden_size"] // config["num_attention_heads"])
     return 2 * config["num_hidden_layers"] * n_kv * head_dim * seq_len * batch_size * bytes_per_value
+
+
+def kv_config_setdefault(config, seq_len, batch_size=1, bytes_per_value=2):
+    """Right count, but fills in the caller's config: config.setdefault("num_key_value_heads", ...)."""
+    config.setdefault("num_key_value_heads", config["num_attention_heads"])
+    return 2 * config["num_hidden_layers"] * _heads(config) * _head_dim(config) * seq_len * batch_size * bytes_per_value
+
+
+def kv_config_writes_head_dim(config, seq_len, batch_size=1, bytes_per_value=2):
+    """Right count, but writes the derived head_dim back into the caller's config."""
+    if config.get("head_dim") is None:
+        config["head_dim"] = config["hidden_size"] // config["num_attention_heads"]
+    return 2 * config["num_hidden_layers"] * _heads(config) * config["head_dim"] * seq_len * batch_size * bytes_per_value
+
+
+def kv_config_pops_keys(config, seq_len, batch_size=1, bytes_per_value=2):
+    """Right count, but reads the optional keys with config.pop(...), removing them from the caller's config."""
+    n_kv = config.pop("num_key_value_heads", None) or config["num_attention_heads"]
+    head_dim = config.pop("head_dim", None) or config["hidden_size"] // config["num_attention_heads"]
+    return 2 * config["num_hidden_layers"] * n_kv * head_dim * seq_len * batch_size * bytes_per_value
+
+
+def kv_config_swapped_parameters(config, seq_len, bytes_per_value=2, batch_size=1):
+    """Takes bytes_per_value before batch_size: f(config, seq_len, 8) counts 8 bytes per value for one sequence."""
+    return 2 * config["num_hidden_layers"] * _heads(config) * _head_dim(config) * seq_len * batch_size * bytes_per_value
+
+
+def kv_config_renamed_parameters(config, seq_len, batch=1, dtype_bytes=2):
+    """Right count, but renames batch_size and bytes_per_value: a call by keyword fails."""
+    return 2 * config["num_hidden_layers"] * _heads(config) * _head_dim(config) * seq_len * batch * dtype_bytes
+
+
+def kv_config_float_for_half_bytes(config, seq_len, batch_size=1, bytes_per_value=2):
+    """Returns a float for a fractional bytes_per_value (0.5 for 4-bit): 2 * ... * 0.5 is a float."""
+    return 2 * config["num_hidden_layers"] * _heads(config) * _head_dim(config) * seq_len * batch_size * bytes_per_value
+
+
+def kv_config_numpy_product(config, seq_len, batch_size=1, bytes_per_value=2):
+    """Multiplies with numpy.prod: returns numpy.int64, not a Python int."""
+    return np.prod([2, config["num_hidden_layers"], _heads(config), _head_dim(config), seq_len, batch_size, bytes_per_value])
 
 
 # --------------------------------------------------------------------------- cached_attention_step
@@ -179,21 +263,115 @@ def step_returns_list(q, k_new, v_new, k_cache, v_cache):
     return [F.scaled_dot_product_attention(q, _grouped(k, group), _grouped(v, group)), k, v]
 
 
+def step_softmax_without_max(q, k_new, v_new, k_cache, v_cache):
+    """Softmax as exp(s) / sum(exp(s)) without subtracting the maximum: inf / inf = nan for scores in the hundreds."""
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    group = q.shape[1] // k.shape[1]
+    e = torch.exp(q @ _grouped(k, group).transpose(-2, -1) / math.sqrt(q.shape[-1]))
+    return e / e.sum(dim=-1, keepdim=True) @ _grouped(v, group), k, v
+
+
+def step_logsumexp_without_max(q, k_new, v_new, k_cache, v_cache):
+    """Normalises by log(sum(exp(s))) computed without the maximum: exp overflows for scores in the hundreds."""
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    group = q.shape[1] // k.shape[1]
+    s = q @ _grouped(k, group).transpose(-2, -1) / math.sqrt(q.shape[-1])
+    return torch.exp(s - torch.log(torch.exp(s).sum(dim=-1, keepdim=True))) @ _grouped(v, group), k, v
+
+
+def step_cat_into_new_buffer(q, k_new, v_new, k_cache, v_cache):
+    """Right values, but grows the caches with torch.cat(..., out=torch.empty(...)): the buffers live on the CPU."""
+    b, h_kv, t, d = k_cache.shape
+    k, v = torch.empty(b, h_kv, t + 1, d, dtype=q.dtype), torch.empty(b, h_kv, t + 1, d, dtype=q.dtype)
+    torch.cat([k_cache, k_new], dim=2, out=k)
+    torch.cat([v_cache, v_new], dim=2, out=v)
+    group = q.shape[1] // h_kv
+    return F.scaled_dot_product_attention(q, _grouped(k, group), _grouped(v, group)), k, v
+
+
+def step_resizes_cache_in_place(q, k_new, v_new, k_cache, v_cache):
+    """Right values, but grows the caller's caches in place (resize_, then writes the new token at the end)."""
+    t = k_cache.shape[2]
+    for cache, new in ((k_cache, k_new), (v_cache, v_new)):
+        old = cache.clone()
+        cache.resize_(cache.shape[0], cache.shape[1], t + 1, cache.shape[3])
+        cache[:, :, :t] = old
+        cache[:, :, t:] = new
+    group = q.shape[1] // k_cache.shape[1]
+    return F.scaled_dot_product_attention(q, _grouped(k_cache, group), _grouped(v_cache, group)), k_cache, v_cache
+
+
+def step_preallocated_cache(q, k_new, v_new, k_cache, v_cache):
+    """Right values, but copies the caches into buffers made with torch.zeros(..., dtype=q.dtype) on the CPU."""
+    b, h_kv, t, d = k_cache.shape
+    k, v = torch.zeros(b, h_kv, t + 1, d, dtype=q.dtype), torch.zeros(b, h_kv, t + 1, d, dtype=q.dtype)
+    k[:, :, :t], k[:, :, t:] = k_cache, k_new
+    v[:, :, :t], v[:, :, t:] = v_cache, v_new
+    group = q.shape[1] // h_kv
+    return F.scaled_dot_product_attention(q, _grouped(k, group), _grouped(v, group)), k, v
+
+
+def step_mask_on_cpu(q, k_new, v_new, k_cache, v_cache):
+    """Right values, but passes an all-True mask made with torch.ones(...) on the CPU."""
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    group = q.shape[1] // k.shape[1]
+    mask = torch.ones(1, k.shape[2], dtype=torch.bool)
+    return F.scaled_dot_product_attention(q, _grouped(k, group), _grouped(v, group), attn_mask=mask), k, v
+
+
+def step_scales_q_in_place(q, k_new, v_new, k_cache, v_cache):
+    """Right values, but divides the caller's q by sqrt(D) in place (q /= ...)."""
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    group = q.shape[1] // k.shape[1]
+    q /= math.sqrt(q.shape[-1])
+    return torch.softmax(q @ _grouped(k, group).transpose(-2, -1), dim=-1) @ _grouped(v, group), k, v
+
+
+def step_scale_by_cache_length(q, k_new, v_new, k_cache, v_cache):
+    """Divides the scores by sqrt(T + 1), the number of keys, instead of sqrt(head_dim)."""
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    group = q.shape[1] // k.shape[1]
+    weights = torch.softmax(q @ _grouped(k, group).transpose(-2, -1) / math.sqrt(k.shape[2]), dim=-1)
+    return weights @ _grouped(v, group), k, v
+
+
+def step_float32_scores(q, k_new, v_new, k_cache, v_cache):
+    """Computes the attention in float32 (.float()): float64 inputs give a float32 output."""
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    group = q.shape[1] // k.shape[1]
+    return F.scaled_dot_product_attention(q.float(), _grouped(k, group).float(), _grouped(v, group).float()), k, v
+
+
+def step_cache_in_float32(q, k_new, v_new, k_cache, v_cache):
+    """Right output, but grows the caches in float32 (torch.cat with a float32 buffer)."""
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    group = q.shape[1] // k.shape[1]
+    out = F.scaled_dot_product_attention(q, _grouped(k, group), _grouped(v, group))
+    return out, k.float(), v.float()
+
+
 MUTANTS = {
     "test_repeat_kv": {
         f.__name__: f
         for f in (repeat_kv_tiles, repeat_kv_wrong_dim, repeat_kv_ignores_n_rep, repeat_kv_expand_without_reshape,
-                  repeat_kv_no_dim, repeat_kv_float32_buffer, repeat_kv_breaks_n_rep_1, repeat_kv_modulo)
+                  repeat_kv_no_dim, repeat_kv_float32_buffer, repeat_kv_breaks_n_rep_1, repeat_kv_modulo,
+                  repeat_kv_flatten_with_view, repeat_kv_flatten_with_minus_one, repeat_kv_times_ones, repeat_kv_unsqueeze_in_place,
+                  repeat_kv_upcasts, repeat_kv_renamed_arguments, repeat_kv_loop_into_buffer)
     },
     "test_kv_cache_bytes_from_config": {
         f.__name__: f
         for f in (kv_config_ignores_kv_heads, kv_config_keys_only, kv_config_head_dim_from_hidden, kv_config_key_error,
                   kv_config_no_batch, kv_config_one_layer, kv_config_float_head_dim, kv_config_head_dim_per_kv_head,
-                  kv_config_none_is_a_value)
+                  kv_config_none_is_a_value,
+                  kv_config_setdefault, kv_config_writes_head_dim, kv_config_pops_keys, kv_config_swapped_parameters,
+                  kv_config_renamed_parameters, kv_config_float_for_half_bytes, kv_config_numpy_product)
     },
     "test_cached_attention_step": {
         f.__name__: f
         for f in (step_before_append, step_is_causal, step_unscaled, step_tiles_heads, step_prepends,
-                  step_returns_old_cache, step_softmax_over_queries, step_returns_list)
+                  step_returns_old_cache, step_softmax_over_queries, step_returns_list,
+                  step_softmax_without_max, step_logsumexp_without_max, step_cat_into_new_buffer, step_mask_on_cpu,
+                  step_resizes_cache_in_place, step_preallocated_cache,
+                  step_scales_q_in_place, step_scale_by_cache_length, step_float32_scores, step_cache_in_float32)
     },
 }
