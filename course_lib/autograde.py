@@ -133,8 +133,10 @@ def _copy_value_back(original, after, name: str) -> None:
 
 def _same_bits(a: torch.Tensor, b: torch.Tensor) -> bool:
     """Equal bit for bit (NaN equals NaN, -0.0 differs from 0.0)."""
-    if a.is_floating_point() or a.is_complex():
-        return a.numel() == 0 or torch.equal(a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8))
+    if a.is_complex():
+        a, b = torch.view_as_real(a.resolve_conj()), torch.view_as_real(b.resolve_conj())
+    if a.is_floating_point():
+        a, b = a.contiguous().reshape(-1).view(torch.uint8), b.contiguous().reshape(-1).view(torch.uint8)
     return torch.equal(a, b)
 
 
