@@ -164,3 +164,16 @@ def test_expect_same_device_catches_a_new_tensor_on_the_cpu_and_spares_data_depe
         expect_same_device(lambda t: t - torch.zeros(t.shape), x, what="f(x)")
     with pytest.raises(AssertionError, match="keep the input's device"):
         expect_same_device(lambda t: torch.zeros(t.shape), x, what="f(x)")
+
+
+def test_call_sees_a_changed_dict_and_ignores_nan_inputs_left_alone():
+    def fills_in(config):
+        config.setdefault("num_key_value_heads", 8)
+        return 1
+
+    with pytest.raises(AssertionError, match="changed its input dict in place"):
+        call(fills_in, {"num_attention_heads": 8}, what="fills_in(config)")
+    x = torch.tensor([float("nan"), -0.0, 1.0])
+    assert call(lambda t: t + 1, x, what="f(x)").shape == (3,)
+    with pytest.raises(AssertionError, match="in place"):
+        call(lambda t: t.neg_(), torch.tensor([0.0]), what="f(x)")  # 0.0 -> -0.0 is a change

@@ -8,6 +8,7 @@ back, and the seed that reproduces the inputs.
 
 from __future__ import annotations
 
+import copy
 import secrets
 
 import torch
@@ -32,17 +33,60 @@ def expect_int(got, expected: int, what: str) -> None:
         raise AssertionError(f"{what} should be {expected:,}, got {got:,}")
 
 
+def same_contents(a, b) -> bool:
+    """Whether ``a`` and ``b`` hold the same data: tensors bit for bit (NaN equals NaN), containers item by item.
+
+    Objects that are neither tensors, numbers, strings nor containers (a model) count as unchanged.
+    """
+    if isinstance(a, torch.Tensor):
+        if not isinstance(b, torch.Tensor) or a.shape != b.shape or a.dtype != b.dtype:
+            return False
+        if a.device.type == "meta":
+            return True
+        x, y = (torch.view_as_real(a.resolve_conj()), torch.view_as_real(b.resolve_conj())) if a.is_complex() else (a, b)
+        if x.is_floating_point():
+            x, y = _bytes_of(x), _bytes_of(y)
+        return torch.equal(x, y)
+    if isinstance(a, dict):
+        return isinstance(b, dict) and a.keys() == b.keys() and all(same_contents(a[k], b[k]) for k in a)
+    if isinstance(a, (list, tuple)):
+        return type(a) is type(b) and len(a) == len(b) and all(same_contents(x, y) for x, y in zip(a, b))
+    if isinstance(a, (int, float, str, bytes, bool, type(None))):
+        return type(a) is type(b) and (a == b or (a != a and b != b))  # nan == nan here
+    return True
+
+
+def _bytes_of(t: torch.Tensor) -> torch.Tensor:
+    """The bytes of ``t``'s elements in logical order (a fresh, densely packed copy viewed as uint8)."""
+    flat = torch.empty(t.numel(), dtype=t.dtype)
+    flat.copy_(t.reshape(-1))
+    return flat.view(torch.uint8)
+
+
+def _snapshot(value):
+    """A copy of ``value`` to compare with after the call (tensors cloned, containers copied deeply)."""
+    if isinstance(value, torch.Tensor):
+        return value.clone()
+    if isinstance(value, (dict, list, tuple)):
+        return copy.deepcopy(value)
+    return None
+
+
 def call(fn, *args, what: str, **kwargs):
-    """Call ``fn`` with the arguments as given (views stay views) and fail if it changed a tensor in place."""
-    before = [a.clone() if isinstance(a, torch.Tensor) else None for a in args]
-    kw_before = {k: a.clone() for k, a in kwargs.items() if isinstance(a, torch.Tensor)}
+    """Call ``fn`` with the arguments as given (views stay views) and fail if it changed one in place.
+
+    Tensors, lists, tuples and dicts (a config) are compared with a copy taken before the call.
+    """
+    before = [_snapshot(a) for a in args]
+    kw_before = {k: _snapshot(a) for k, a in kwargs.items()}
     result = fn(*args, **kwargs)
     for original, after in zip(before, args):
-        if original is not None and not torch.equal(original, after):
-            raise AssertionError(f"{what} changed its input tensor in place; compute a new tensor instead")
+        if original is not None and not same_contents(original, after):
+            kind = "tensor" if isinstance(after, torch.Tensor) else type(after).__name__
+            raise AssertionError(f"{what} changed its input {kind} in place; compute a new one instead")
     for key, original in kw_before.items():
-        if not torch.equal(original, kwargs[key]):
-            raise AssertionError(f"{what} changed its argument {key!r} in place; compute a new tensor instead")
+        if original is not None and not same_contents(original, kwargs[key]):
+            raise AssertionError(f"{what} changed its argument {key!r} in place; compute a new one instead")
     return result
 
 
