@@ -37,9 +37,9 @@ CAUSAL_TILE_SKIP = Rules("causal_tile_skip", modules=_FLASH, why="The exercise i
 
 
 def _tolerances(dtype: torch.dtype, loose: bool = False) -> dict:
-    """float64: ``assert_close``'s defaults; float32: room for a different order of the same operations."""
+    """Room for a different order of the same operations; in float64 too tight for a detour through float32."""
     if dtype == torch.float64:
-        return {}
+        return {"rtol": 1e-10, "atol": 1e-12}
     return {"rtol": 1e-4, "atol": 1e-4} if loose else {"rtol": 1e-5, "atol": 1e-5}
 
 
