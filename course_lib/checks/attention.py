@@ -14,10 +14,27 @@ import torch
 import torch.nn.functional as F
 
 from course_lib import attention as ref
-from course_lib.checks.common import call, expect_tensor, new_generator, randint
+from course_lib.checks.common import call, expect_same_device, expect_tensor, new_generator, on_meta, randint
 from course_lib.checks.guard import Rules, watched
 
 _DTYPES = (torch.float32, torch.float64)
+_ON_META = "on another device (PyTorch's meta device stands in for a GPU)"
+
+
+def _tolerance(dtype: torch.dtype) -> dict:
+    """``expect_tensor``'s tolerances: float64 results must be as exact as float64 allows, so computing in float32 fails."""
+    return {"atol": 1e-12, "rtol": 1e-9} if dtype == torch.float64 else {}
+
+
+def _transposed_layout(t: torch.Tensor) -> torch.Tensor:
+    """The same values in a non-contiguous view: laid out in memory as ``t.transpose(0, -1)`` (strided for 1-D)."""
+    if t.dim() < 2:
+        return torch.stack([t, t], dim=-1)[..., 0]
+    return t.transpose(0, -1).contiguous().transpose(0, -1)
+
+
+def _layout(t: torch.Tensor) -> str:
+    return "" if t.is_contiguous() else ", non-contiguous"
 
 
 SOFTMAX = Rules(
@@ -50,7 +67,10 @@ MULTI_HEAD_ATTENTION = Rules(
 
 
 def check_softmax(softmax, seed: int | None = None, n_cases: int = 12) -> None:
-    """``softmax(x, dim=-1)`` on random tensors of 1 to 4 dims, float32 and float64, every ``dim``."""
+    """``softmax(x, dim=-1)`` on random tensors of 1 to 4 dims, float32 and float64, every ``dim``, contiguous or not.
+
+    Also the default ``dim`` and ``dim`` given by position.
+    """
     softmax = watched(softmax, SOFTMAX)
     gen, seed = new_generator(seed)
     for case in range(n_cases):
@@ -59,16 +79,23 @@ def check_softmax(softmax, seed: int | None = None, n_cases: int = 12) -> None:
         dtype = _DTYPES[case % 2]
         spread = float(torch.empty(1).uniform_(0.1, 30.0, generator=gen))
         x = (torch.randn(shape, generator=gen, dtype=torch.float64) * spread).to(dtype)
+        if case % 3 == 1:
+            x = _transposed_layout(x)
         dim = randint(gen, -n_dims, n_dims - 1)
-        what = f"softmax(x, dim={dim}) for x of shape {shape} and dtype {dtype} (seed {seed})"
+        what = f"softmax(x, dim={dim}) for x of shape {shape} and dtype {dtype}{_layout(x)} (seed {seed})"
         got = call(softmax, x, dim=dim, what=what)
-        expect_tensor(got, ref.softmax(x, dim=dim), what)
-    x = torch.randn(3, 5, generator=gen)
-    expect_tensor(call(softmax, x, what="softmax(x) with the default dim"), ref.softmax(x), "softmax(x) with the default dim=-1")
+        expect_tensor(got, ref.softmax(x, dim=dim), what, **_tolerance(dtype))
+    x = torch.randn(2, 3, 5, generator=gen)
+    what = "softmax(x) with the default dim (-1) for x of shape (2, 3, 5)"
+    expect_tensor(call(softmax, x, what=what), ref.softmax(x), what)
+    x = torch.randn(4, 3, generator=gen, dtype=torch.float64)
+    what = "softmax(x, 0) with dim given by position, x of shape (4, 3) float64"
+    expect_tensor(call(softmax, x, 0, what=what), ref.softmax(x, 0), what, **_tolerance(x.dtype))
 
 
 def check_softmax_edge_cases(softmax) -> None:
-    """Large scores, ``-inf`` scores and fully masked rows (see the docstring of the exercise)."""
+    """Large and very negative scores, ``-inf`` scores, fully masked rows, float64 beyond float32, non-contiguous inputs,
+    and an input on another device."""
     softmax = watched(softmax, SOFTMAX)
     cases = [
         ("scores far apart", torch.tensor([[1e4, -1e4, 0.0]]), -1),
@@ -78,10 +105,22 @@ def check_softmax_edge_cases(softmax) -> None:
         ("a fully masked row", torch.tensor([[float("-inf"), float("-inf")], [0.0, 0.0]]), -1),
         ("large scores along dim 0", torch.tensor([[500.0, 1.0], [-500.0, 2.0], [499.0, 3.0]]), 0),
         ("a single element", torch.tensor([7.0]), -1),
+        ("very negative scores", torch.tensor([[-1e6, -1e6 - 1.0, -1e6 - 2.0]]), -1),
+        ("scores near float32's lowest", torch.tensor([[-3e38, -3e38], [-3e38, 0.0]]), -1),
+        ("tiny scores", torch.tensor([[1e-40, 0.0, -1e-40]]), -1),
+        ("all-zero scores", torch.zeros(2, 4), -1),
+        ("float64 scores beyond float32's range", torch.tensor([[1e300, 0.0, -1e300]], dtype=torch.float64), -1),
+        ("float64 scores a millionth apart", torch.tensor([[0.0, 1e-6, 2e-6]], dtype=torch.float64), -1),
+        ("a transposed input x.t()", torch.tensor([[1.0, 2.0, 3.0], [400.0, 0.0, -400.0]]).t(), -1),
+        ("a permuted input x.permute(2, 1, 0)", torch.arange(24.0).view(2, 3, 4).permute(2, 1, 0) * 10, -1),
+        ("an expanded input (rows that share memory)", torch.tensor([[1.0, 5.0, -2.0]]).expand(3, 3), -1),
+        ("an expanded input along dim 0", torch.tensor([[1.0, 5.0, -2.0]]).expand(3, 3), 0),
     ]
     for name, x, dim in cases:
         what = f"softmax on {name}: x={x.tolist()}, dim={dim}"
-        expect_tensor(call(softmax, x, dim=dim, what=what), ref.softmax(x, dim=dim), what)
+        expect_tensor(call(softmax, x, dim=dim, what=what), ref.softmax(x, dim=dim), what, **_tolerance(x.dtype))
+    (x,) = on_meta(torch.empty(3, 4))
+    expect_same_device(softmax, x, dim=0, what=f"softmax(x, dim=0) for x {_ON_META}")
 
 
 # --------------------------------------------------------------------------- causal mask
@@ -91,11 +130,14 @@ def check_causal_mask(causal_mask, seed: int | None = None) -> None:
     """``causal_mask(n_q, n_k)``: boolean ``(n_q, n_k)``, ``True`` where query i may see key j (j <= i)."""
     causal_mask = watched(causal_mask, CAUSAL_MASK)
     gen, seed = new_generator(seed)
-    sizes = [(1, 1), (4, 4), (3, 5), (5, 3)]
+    sizes = [(1, 1), (4, 4), (3, 5), (5, 3), (2100, 2060)]  # longer than a precomputed 1024 block; 2049 != 2048 in float16
     sizes += [(randint(gen, 1, 9), randint(gen, 1, 9)) for _ in range(6)]
     for n_q, n_k in sizes:
         what = f"causal_mask({n_q}, {n_k}) (seed {seed})"
         expect_tensor(call(causal_mask, n_q, n_k, what=what), ref.causal_mask(n_q, n_k), what)
+    n_q, n_k = sizes[-1]
+    what = f"causal_mask(n_q={n_q}, n_k={n_k}) called with keyword arguments"
+    expect_tensor(call(causal_mask, n_q=n_q, n_k=n_k, what=what), ref.causal_mask(n_q, n_k), what)
 
 
 def check_causal_mask_against_torch(causal_mask) -> None:
@@ -126,7 +168,8 @@ def check_scaled_dot_product_attention(attention, seed: int | None = None, n_cas
     """``attention(q, k, v, attn_mask=None)`` against ``torch.nn.functional.scaled_dot_product_attention``.
 
     Random batch shapes, query length != key length, E != Ev, float32 and float64,
-    with no mask and with boolean masks of shape ``(L, S)``.
+    contiguous or not, with no mask and with boolean masks of shape ``(L, S)``; the mask
+    given by keyword, by position, or left out; inputs on another device.
     """
     attention = watched(attention, SCALED_DOT_PRODUCT_ATTENTION)
     gen, seed = new_generator(seed)
@@ -136,23 +179,30 @@ def check_scaled_dot_product_attention(attention, seed: int | None = None, n_cas
         e, ev = randint(gen, 2, 16), randint(gen, 1, 9)
         dtype = _DTYPES[case % 2]
         q, k, v = _random_qkv(gen, batch_shape, n_q, n_k, e, ev, dtype)
+        if case % 3 == 1:
+            q, k, v = (_transposed_layout(t) for t in (q, k, v))
         mask = None
         if case % 3 != 0:
             mask = torch.rand(n_q, n_k, generator=gen) < 0.7
             mask[:, 0] = True  # every query may see at least one key here
         what = (
             f"attention(q, k, v, attn_mask) with q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, "
-            f"{dtype}, mask {'None' if mask is None else tuple(mask.shape)} (seed {seed})"
+            f"{dtype}{_layout(q)}, mask {'None' if mask is None else tuple(mask.shape)} (seed {seed})"
         )
         got = call(attention, q, k, v, attn_mask=mask, what=what)
-        expect_tensor(got, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), what)
+        expect_tensor(got, F.scaled_dot_product_attention(q, k, v, attn_mask=mask), what, **_tolerance(dtype))
     q, k, v = _random_qkv(gen, (2,), 3, 4, 5, 6, torch.float32)
     what = "attention(q, k, v) called without attn_mask"
     expect_tensor(call(attention, q, k, v, what=what), F.scaled_dot_product_attention(q, k, v), what)
+    mask = torch.tensor([[True, False, True, True], [True, True, False, False], [False, True, True, True]])
+    what = "attention(q, k, v, attn_mask) with the mask given by position"
+    expect_tensor(call(attention, q, k, v, mask, what=what), F.scaled_dot_product_attention(q, k, v, attn_mask=mask), what)
+    expect_same_device(attention, *on_meta(q, k, v), attn_mask=on_meta(mask)[0],
+                       what=f"attention(q, k, v, attn_mask=mask) for q, k, v and mask {_ON_META}")
 
 
 def check_scaled_dot_product_attention_edge_cases(attention) -> None:
-    """Broadcast padding masks, a fully masked query (all-zero output) and large scores."""
+    """Broadcast padding masks, a fully masked query (all-zero output), large scores, float64 precision, views."""
     attention = watched(attention, SCALED_DOT_PRODUCT_ATTENTION)
     gen, _ = new_generator(1)
     q, k, v = _random_qkv(gen, (2, 3), 4, 5, 8, 6, torch.float64)
@@ -172,7 +222,29 @@ def check_scaled_dot_product_attention_edge_cases(attention) -> None:
 
     q, k, v = _random_qkv(gen, (), 2, 3, 64, 3, torch.float64)
     what = "attention with head size 64 (the scale is 1/sqrt(64) = 1/8)"
-    expect_tensor(call(attention, q, k, v, what=what), F.scaled_dot_product_attention(q, k, v), what)
+    expect_tensor(call(attention, q, k, v, what=what), F.scaled_dot_product_attention(q, k, v), what, **_tolerance(q.dtype))
+
+    q, k, v = _random_qkv(gen, (2,), 3, 4, 10, 3, torch.float64)
+    what = "attention in float64 with head size 10 (1/sqrt(10) to float64 precision)"
+    expect_tensor(call(attention, q, k, v, what=what), F.scaled_dot_product_attention(q, k, v), what, **_tolerance(q.dtype))
+
+    q, k, v = _random_qkv(gen, (1,), 3, 3, 4, 4, torch.float64)
+    q, k = q * 60, k * 60  # scores in the thousands: exp overflows even in float64 without the max
+    what = "attention in float64 with very large scores (|q.k| in the thousands)"
+    expect_tensor(call(attention, q, k, v, what=what), F.scaled_dot_product_attention(q, k, v), what, **_tolerance(q.dtype))
+
+    q, k, v = _random_qkv(gen, (2,), 3, 5, 4, 2, torch.float32)
+    pad = torch.tensor([True, True, False, True, False])
+    what = "attention with a one-dimensional mask of shape (S,) (the same keys hidden from every query)"
+    expect_tensor(call(attention, q, k, v, attn_mask=pad, what=what), F.scaled_dot_product_attention(q, k, v, attn_mask=pad), what)
+
+    batch, heads, n_q, n_k, e = 2, 3, 4, 5, 6
+    q = torch.randn(batch, n_q, heads, e, generator=gen, dtype=torch.float64).transpose(1, 2)
+    k = torch.randn(batch, n_k, 1, e, generator=gen, dtype=torch.float64).transpose(1, 2).expand(batch, heads, n_k, e)
+    v = torch.randn(batch, n_k, 1, e, generator=gen, dtype=torch.float64).transpose(1, 2).expand(batch, heads, n_k, e)
+    what = ("attention on views, as inside multi-head attention: q of shape (2, 3, 4, 6) split into heads by "
+            ".transpose(1, 2), k and v shared by the heads with .expand")
+    expect_tensor(call(attention, q, k, v, what=what), F.scaled_dot_product_attention(q, k, v), what, **_tolerance(q.dtype))
 
 
 # --------------------------------------------------------------------------- multi-head attention
@@ -191,7 +263,8 @@ def check_multi_head_attention(mha, seed: int | None = None, n_cases: int = 8) -
     """``mha(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False)`` against :class:`course_lib.attention.MultiHeadAttention`.
 
     ``x`` is ``(batch, seq, d_model)``; the four weights are ``(d_model, d_model)`` in
-    ``nn.Linear``'s layout (``q = x @ w_q.T``).
+    ``nn.Linear``'s layout (``q = x @ w_q.T``). Contiguous or not; ``is_causal`` given by
+    keyword, by position, or left out; inputs on another device.
     """
     mha = watched(mha, MULTI_HEAD_ATTENTION)
     gen, seed = new_generator(seed)
@@ -203,13 +276,22 @@ def check_multi_head_attention(mha, seed: int | None = None, n_cases: int = 8) -
         dtype = _DTYPES[case % 2]
         x = torch.randn(batch, seq, d_model, generator=gen, dtype=torch.float64).to(dtype)
         ws = [(torch.randn(d_model, d_model, generator=gen, dtype=torch.float64) / math.sqrt(d_model)).to(dtype) for _ in range(4)]
+        if case % 3 == 1:
+            x, ws = _transposed_layout(x), [_transposed_layout(w) for w in ws]
         is_causal = case % 2 == 1
         what = (
             f"mha(x, w_q, w_k, w_v, w_o, n_heads={n_heads}, is_causal={is_causal}) with x {tuple(x.shape)}, "
-            f"{dtype} (seed {seed})"
+            f"{dtype}{_layout(x)} (seed {seed})"
         )
         got = call(mha, x, *ws, n_heads, is_causal=is_causal, what=what)
-        expect_tensor(got, reference_multi_head_attention(x, *ws, n_heads, is_causal), what)
+        expect_tensor(got, reference_multi_head_attention(x, *ws, n_heads, is_causal), what, **_tolerance(dtype))
+    x = torch.randn(5, 2, 8, generator=gen, dtype=torch.float64).transpose(0, 1)  # (batch, seq, d_model), not contiguous
+    ws = [torch.randn(8, 8, generator=gen, dtype=torch.float64) / math.sqrt(8) for _ in range(4)]
+    what = "mha(x, w_q, w_k, w_v, w_o, 2) without is_causal (its default is False), x = a (seq, batch, d_model) tensor .transpose(0, 1)"
+    expect_tensor(call(mha, x, *ws, 2, what=what), reference_multi_head_attention(x, *ws, 2, False), what, **_tolerance(x.dtype))
+    what = "mha(x, w_q, w_k, w_v, w_o, 2, True) with is_causal given by position"
+    expect_tensor(call(mha, x, *ws, 2, True, what=what), reference_multi_head_attention(x, *ws, 2, True), what, **_tolerance(x.dtype))
+    expect_same_device(mha, *on_meta(x, *ws), 2, is_causal=True, what=f"mha(x, w_q, w_k, w_v, w_o, 2, is_causal=True) for x and weights {_ON_META}")
 
 
 def check_multi_head_attention_against_torch(mha) -> None:

@@ -52,6 +52,56 @@ def softmax_subtracts_min(x, dim=-1):
     return e / e.sum(dim=dim, keepdim=True)
 
 
+def _stable_softmax(x, dim):
+    m = x.amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    e = torch.exp(x - m)
+    total = e.sum(dim=dim, keepdim=True)
+    return e / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def softmax_default_dim_one(x, dim=1):
+    """Right, but the default is dim=1, which is the last dimension only for 2-D inputs."""
+    return _stable_softmax(x, dim)
+
+
+def softmax_in_float32(x, dim=-1):
+    """Computes in float32 and casts back: a float64 input loses precision (and overflows beyond 3.4e38)."""
+    return _stable_softmax(x.float(), dim).to(x.dtype)
+
+
+def softmax_zeros_on_the_cpu(x, dim=-1):
+    """Replaces a -inf maximum by torch.zeros(shape), which is made on the CPU whatever x's device."""
+    m = x.amax(dim=dim, keepdim=True)
+    m = torch.where(torch.isneginf(m), torch.zeros(m.shape, dtype=x.dtype), m)
+    e = torch.exp(x - m)
+    total = e.sum(dim=dim, keepdim=True)
+    return e / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def softmax_rows_with_view(x, dim=-1):
+    """Moves dim last and flattens to rows with .view, which fails on a transposed (non-contiguous) input."""
+    moved = x.movedim(dim, -1)
+    if dim % x.dim() != x.dim() - 1:
+        moved = moved.contiguous()
+    rows = moved.view(-1, moved.shape[-1])
+    return _stable_softmax(rows, -1).view(moved.shape).movedim(-1, dim)
+
+
+def softmax_clamped_max(x, dim=-1):
+    """Clamps the maximum at -1e4 to keep -inf out: a row of very negative (finite) scores comes out all zeros."""
+    m = x.amax(dim=dim, keepdim=True).clamp(min=-1e4)
+    e = torch.exp(x - m)
+    total = e.sum(dim=dim, keepdim=True)
+    return e / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def softmax_log_sum_exp_without_max(x, dim=-1):
+    """exp(x - log(sum(exp(x)))): the log-sum-exp without the max overflows for large scores."""
+    out = torch.exp(x - torch.log(torch.exp(x).sum(dim=dim, keepdim=True)))
+    return torch.nan_to_num(out, nan=0.0)
+
+
 # --------------------------------------------------------------------------- attention
 
 
@@ -115,6 +165,69 @@ def attention_unstable_softmax(q, k, v, attn_mask=None):
     return (e / torch.where(s == 0, torch.ones_like(s), s)) @ v
 
 
+def _stable_weights(scores):
+    m = scores.amax(dim=-1, keepdim=True)
+    m = torch.where(torch.isneginf(m), torch.zeros_like(m), m)
+    e = torch.exp(scores - m)
+    total = e.sum(dim=-1, keepdim=True)
+    return e / torch.where(total == 0, torch.ones_like(total), total)
+
+
+def _right_attention(q, k, v, attn_mask=None):
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return _stable_weights(scores) @ v
+
+
+def attention_in_float32(q, k, v, attn_mask=None):
+    """Computes in float32 and casts back: float64 inputs lose precision."""
+    return _right_attention(q.float(), k.float(), v.float(), attn_mask).to(q.dtype)
+
+
+def attention_additive_mask_on_the_cpu(q, k, v, attn_mask=None):
+    """Turns the boolean mask into an additive one made with torch.zeros(shape): on the CPU whatever q's device."""
+    scores = q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])
+    if attn_mask is not None:
+        scores = scores + torch.zeros(attn_mask.shape, dtype=q.dtype).masked_fill(~attn_mask, float("-inf"))
+    return _stable_weights(scores) @ v
+
+
+def attention_bmm_with_view(q, k, v, attn_mask=None):
+    """Flattens the batch dimensions with .view for torch.bmm: fails on transposed (non-contiguous) inputs."""
+    *batch, n_q, e = q.shape
+    n_k, ev = k.shape[-2], v.shape[-1]
+    q3, k3, v3 = q.view(-1, n_q, e), k.view(-1, n_k, e), v.view(-1, n_k, ev)
+    scores = torch.bmm(q3, k3.transpose(1, 2)).view(*batch, n_q, n_k) / math.sqrt(e)
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    weights = _stable_weights(scores).reshape(-1, n_q, n_k)
+    return torch.bmm(weights, v3).view(*batch, n_q, ev)
+
+
+def attention_mask_keyword_only(q, k, v, *, attn_mask=None):
+    """Makes attn_mask keyword-only: a call with the mask as fourth positional argument fails."""
+    return _right_attention(q, k, v, attn_mask)
+
+
+def attention_exp_in_float64(q, k, v, attn_mask=None):
+    """Upcasts the scores to float64 and skips the max: survives float32 scores up to ~700 but overflows beyond."""
+    scores = (q @ k.transpose(-2, -1) / math.sqrt(q.shape[-1])).double()
+    e = torch.exp(scores)
+    if attn_mask is not None:
+        e = e * attn_mask
+    total = e.sum(-1, keepdim=True)
+    return (e / torch.where(total == 0, torch.ones_like(total), total)).to(q.dtype) @ v
+
+
+def attention_scale_from_a_float32_tensor(q, k, v, attn_mask=None):
+    """Divides by torch.sqrt(torch.tensor(E)), a float32 number: float64 scores are scaled by a rounded sqrt(E)."""
+    scores = q @ k.transpose(-2, -1) / torch.sqrt(torch.tensor(q.shape[-1]))
+    if attn_mask is not None:
+        scores = scores.masked_fill(~attn_mask, float("-inf"))
+    return _stable_weights(scores) @ v
+
+
 # --------------------------------------------------------------------------- causal mask
 
 
@@ -146,6 +259,26 @@ def causal_mask_bottom_right(n_q, n_k):
 def causal_mask_square(n_q, n_k):
     """Ignores n_k."""
     return torch.ones(n_q, n_q, dtype=torch.bool).tril()
+
+
+def causal_mask_other_names(seq_q, seq_k):
+    """Right mask, but its parameters are not named n_q and n_k: a call by keyword fails."""
+    return torch.ones(seq_q, seq_k, dtype=torch.bool).tril()
+
+
+_BLOCK = torch.ones(1024, 1024, dtype=torch.bool).tril()
+
+
+def causal_mask_from_a_precomputed_block(n_q, n_k):
+    """Slices a precomputed 1024 x 1024 mask (as nanoGPT's buffer): too small for longer sequences."""
+    return _BLOCK[:n_q, :n_k].clone()
+
+
+def causal_mask_half_precision_positions(n_q, n_k):
+    """Compares positions held in float16: above 2048 neighbouring positions round to the same number."""
+    i = torch.arange(n_q, dtype=torch.float16).unsqueeze(1)
+    j = torch.arange(n_k, dtype=torch.float16).unsqueeze(0)
+    return j <= i
 
 
 # --------------------------------------------------------------------------- multi-head attention
@@ -207,26 +340,72 @@ def mha_single_head(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
     return o @ w_o.T
 
 
+def _split(t, n_heads):
+    b, s, d = t.shape
+    return t.reshape(b, s, n_heads, d // n_heads).transpose(1, 2)
+
+
+def _merge(o):
+    b, h, s, hd = o.shape
+    return o.transpose(1, 2).reshape(b, s, h * hd)
+
+
+def mha_causal_by_default(x, w_q, w_k, w_v, w_o, n_heads, is_causal=True):
+    """Right computation, but is_causal defaults to True."""
+    return _merge(_sdpa(_split(x @ w_q.T, n_heads), _split(x @ w_k.T, n_heads), _split(x @ w_v.T, n_heads), is_causal)) @ w_o.T
+
+
+def mha_is_causal_keyword_only(x, w_q, w_k, w_v, w_o, n_heads, *, is_causal=False):
+    """Makes is_causal keyword-only: a call with it as seventh positional argument fails."""
+    return _merge(_sdpa(_split(x @ w_q.T, n_heads), _split(x @ w_k.T, n_heads), _split(x @ w_v.T, n_heads), is_causal)) @ w_o.T
+
+
+def mha_in_float32(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
+    """Computes in float32 and casts back: float64 inputs lose precision."""
+    x32, (q, k, v, o) = x.float(), (w.float() for w in (w_q, w_k, w_v, w_o))
+    return (_merge(_sdpa(_split(x32 @ q.T, n_heads), _split(x32 @ k.T, n_heads), _split(x32 @ v.T, n_heads), is_causal)) @ o.T).to(x.dtype)
+
+
+def mha_causal_mask_on_the_cpu(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
+    """Builds the causal mask with torch.ones(s, s): on the CPU whatever x's device."""
+    s = x.shape[1]
+    mask = torch.ones(s, s, dtype=torch.bool).tril() if is_causal else None
+    q, k, v = _split(x @ w_q.T, n_heads), _split(x @ w_k.T, n_heads), _split(x @ w_v.T, n_heads)
+    return _merge(F.scaled_dot_product_attention(q, k, v, attn_mask=mask)) @ w_o.T
+
+
+def mha_flattens_x_with_view(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
+    """Flattens x to (batch * seq, d_model) with .view: fails on a transposed (non-contiguous) x."""
+    b, s, d = x.shape
+    flat = x.view(b * s, d)
+    q, k, v = ((flat @ w.T).view(b, s, d) for w in (w_q, w_k, w_v))
+    return _merge(_sdpa(_split(q, n_heads), _split(k, n_heads), _split(v, n_heads), is_causal)) @ w_o.T
+
+
 MUTANTS = {
     "test_softmax": {
         f.__name__: f
         for f in (softmax_naive, softmax_last_dim_always, softmax_global_sum, softmax_in_place, softmax_float32,
-                  softmax_nan_for_masked_rows, softmax_subtracts_min)
+                  softmax_nan_for_masked_rows, softmax_subtracts_min, softmax_default_dim_one, softmax_in_float32,
+                  softmax_zeros_on_the_cpu, softmax_rows_with_view, softmax_clamped_max, softmax_log_sum_exp_without_max)
     },
     "test_scaled_dot_product_attention": {
         f.__name__: f
         for f in (attention_unscaled, attention_scaled_by_d, attention_scaled_by_value_dim, attention_softmax_over_queries,
                   attention_mask_inverted, attention_mask_after_softmax, attention_big_negative_instead_of_inf,
-                  attention_unstable_softmax)
+                  attention_unstable_softmax, attention_in_float32, attention_additive_mask_on_the_cpu, attention_bmm_with_view,
+                  attention_mask_keyword_only, attention_exp_in_float64, attention_scale_from_a_float32_tensor)
     },
     "test_causal_mask": {
         f.__name__: f
         for f in (causal_mask_strict, causal_mask_future, causal_mask_float, causal_mask_additive, causal_mask_bottom_right,
-                  causal_mask_square)
+                  causal_mask_square, causal_mask_other_names, causal_mask_from_a_precomputed_block,
+                  causal_mask_half_precision_positions)
     },
     "test_multi_head_attention": {
         f.__name__: f
         for f in (mha_no_transpose, mha_merge_without_transpose, mha_no_output_projection, mha_weights_not_transposed,
-                  mha_scaled_by_d_model, mha_ignores_causal, mha_single_head)
+                  mha_scaled_by_d_model, mha_ignores_causal, mha_single_head, mha_causal_by_default, mha_is_causal_keyword_only,
+                  mha_in_float32, mha_causal_mask_on_the_cpu, mha_flattens_x_with_view)
     },
 }
