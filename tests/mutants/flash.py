@@ -162,6 +162,14 @@ def osu_shift_by_tile_max(m, l, acc, scores, v):
     return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
 
 
+def osu_exp_in_float32(m, l, acc, scores, v):
+    """Takes the exponentials in float32 and casts back: right dtype, but float64 inputs lose their precision."""
+    m_new = torch.maximum(m, scores.amax(dim=-1))
+    rescale = torch.exp((m - _safe(m_new)).float()).to(m.dtype)
+    p = torch.exp((scores - _safe(m_new).unsqueeze(-1)).float()).to(scores.dtype)
+    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
+
+
 def osu_renamed_arguments(m_prev, l_prev, acc_prev, s, values):
     """Right values, but renames the documented arguments: a call by keyword (m=..., scores=...) fails."""
     return _update(m_prev, l_prev, acc_prev, s, values)
@@ -306,6 +314,12 @@ def fts_float32_scores(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
     return _update(m.float(), l.float(), acc.float(), scores, v_tile.float())
 
 
+def fts_scores_in_float32(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
+    """Computes the scores in float32 and casts them back: right dtype, but float64 inputs lose their precision."""
+    scores = (q_tile.float() @ k_tile.float().transpose(-2, -1) * scale).to(q_tile.dtype)
+    return _update(m, l, acc, _masked(scores, mask), v_tile)
+
+
 def fts_mask_scale_swapped(q_tile, k_tile, v_tile, m, l, acc, mask=None, scale=1.0):
     """Puts mask before scale in the signature: a positional call forward_tile_step(..., scale, mask) mixes them up."""
     return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask), v_tile)
@@ -385,14 +399,14 @@ MUTANTS = {
         for f in (osu_acc_not_rescaled, osu_l_not_rescaled, osu_nothing_rescaled, osu_inverted_exponent, osu_nan_for_masked_rows,
                   osu_normalised_acc, osu_tile_max_only, osu_no_max_subtraction, osu_in_place, osu_float32,
                   osu_exp_separately, osu_lse_without_max, osu_neginf_m_as_zero, osu_zeros_on_cpu, osu_bmm_with_view,
-                  osu_float64_state, osu_shifts_scores_in_place, osu_shift_by_tile_max, osu_renamed_arguments)
+                  osu_float64_state, osu_shifts_scores_in_place, osu_shift_by_tile_max, osu_renamed_arguments, osu_exp_in_float32)
     },
     "test_forward_tile_step": {
         f.__name__: f
         for f in (fts_no_scale, fts_default_scale, fts_divides_by_scale, fts_mask_inverted, fts_mask_with_zero, fts_mask_after_update,
                   fts_ignores_mask, fts_acc_not_rescaled, fts_nan_for_masked_rows, fts_normalised,
                   fts_exp_separately, fts_neginf_m_as_zero, fts_fill_made_on_cpu, fts_default_mask_on_cpu, fts_bmm_with_view,
-                  fts_scales_q_in_place, fts_mask_finfo_min, fts_float32_scores, fts_mask_scale_swapped)
+                  fts_scales_q_in_place, fts_mask_finfo_min, fts_float32_scores, fts_mask_scale_swapped, fts_scores_in_float32)
     },
     "test_causal_tile_skip": {
         f.__name__: f

@@ -342,6 +342,14 @@ def step_float32_scores(q, k_new, v_new, k_cache, v_cache):
     return F.scaled_dot_product_attention(q.float(), _grouped(k, group).float(), _grouped(v, group).float()), k, v
 
 
+def step_softmax_in_float32(q, k_new, v_new, k_cache, v_cache):
+    """Takes the softmax in float32 and casts back: right dtype, but float64 inputs lose their precision."""
+    k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
+    group = q.shape[1] // k.shape[1]
+    scores = (q @ _grouped(k, group).transpose(-2, -1) / math.sqrt(q.shape[-1])).float()
+    return torch.softmax(scores, dim=-1).to(q.dtype) @ _grouped(v, group), k, v
+
+
 def step_cache_in_float32(q, k_new, v_new, k_cache, v_cache):
     """Right output, but grows the caches in float32 (torch.cat with a float32 buffer)."""
     k, v = torch.cat([k_cache, k_new], dim=2), torch.cat([v_cache, v_new], dim=2)
@@ -372,6 +380,7 @@ MUTANTS = {
                   step_returns_old_cache, step_softmax_over_queries, step_returns_list,
                   step_softmax_without_max, step_logsumexp_without_max, step_cat_into_new_buffer, step_mask_on_cpu,
                   step_resizes_cache_in_place, step_preallocated_cache,
-                  step_scales_q_in_place, step_scale_by_cache_length, step_float32_scores, step_cache_in_float32)
+                  step_scales_q_in_place, step_scale_by_cache_length, step_float32_scores, step_cache_in_float32,
+                  step_softmax_in_float32)
     },
 }
