@@ -119,7 +119,13 @@ class _Server:
         self.guard = guard
 
     def reply(self, message: dict) -> None:
-        wire.write_frame(self.write_fd, wire.dumps(message))
+        try:
+            data = wire.dumps(message)
+        except Exception as err:  # what the answer returned or left in its arguments cannot be sent
+            error = {"ename": "TypeError", "evalue": f"what the function returned or did to its arguments cannot be "
+                     f"sent back to the grader: {type(err).__name__}: {err}", "traceback": ""}
+            data = wire.dumps({"ok": False, "error": error, "stdout": message.get("stdout", ""), "stderr": ""})
+        wire.write_frame(self.write_fd, data)
 
     def serve(self) -> None:
         while True:
@@ -518,7 +524,8 @@ class Sandbox:
         try:
             message = wire.loads_untrusted(body)
         except Exception as err:  # noqa: BLE001  (what the sandbox sent is not data)
-            message = {"ok": False, "error": {"ename": "SandboxError", "evalue": f"unreadable reply: {err}", "traceback": ""}}
+            text = f"what the function returned or did to its arguments could not be read back: {err}"
+            message = {"ok": False, "error": {"ename": "TypeError", "evalue": text, "traceback": ""}}
         return message if isinstance(message, dict) else None
 
     def _exchange(self, message: dict) -> tuple[dict | None, str]:
