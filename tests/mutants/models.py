@@ -374,6 +374,11 @@ def mlm_mask_random_token_never_the_original(input_ids, mask_prob=0.15, *, mask_
     return _apply(input_ids, chosen, split, (input_ids + shift) % vocab_size, mask_id)
 
 
+def mlm_mask_extends_special_ids(input_ids, mask_prob=0.15, *, mask_id, vocab_size, special_ids=(), generator=None):
+    """Adds the mask id with special_ids += (mask_id,): a new tuple for a tuple, but the caller's list changed in place."""
+    special_ids += (mask_id,)
+    return mlm_mask_80_10_10(input_ids, mask_prob, mask_id=mask_id, vocab_size=vocab_size, special_ids=special_ids, generator=generator)
+
 def mlm_mask_flattens_with_view(input_ids, mask_prob=0.15, *, mask_id, vocab_size, special_ids=(), generator=None):
     """Works on input_ids.view(-1): fails on a transposed (non-contiguous) input."""
     flat = input_ids.view(-1)
@@ -538,7 +543,7 @@ MUTANTS = {
                   mlm_mask_fifteen_percent_of_all, mlm_mask_unseeded, mlm_mask_random_tokens_int64, mlm_mask_labels_int64,
                   mlm_mask_special_ids_required, mlm_mask_special_ids_in_a_set, mlm_mask_exactly_k_per_row,
                   mlm_mask_thresholds_for_fifteen_percent, mlm_mask_seeds_the_global_rng, mlm_mask_random_token_never_the_original,
-                  mlm_mask_flattens_with_view)
+                  mlm_mask_flattens_with_view, mlm_mask_extends_special_ids)
     },
     "test_greedy_generate": {
         f.__name__: f
