@@ -330,6 +330,17 @@ class _CountingModel(torch.nn.Module):
             logits[:, j] = scores
         return logits
 
+    def sandbox_state(self) -> list[tuple[int, bool]]:
+        """What a grading sandbox sends back after the learner's function used this model: the calls."""
+        return list(self.calls)
+
+    def restore_sandbox_state(self, calls) -> None:
+        """Take the calls the learner's function made in the sandbox (checked to be plain data)."""
+        if not (isinstance(calls, list) and all(isinstance(c, tuple) and len(c) == 2 and type(c[0]) is int
+                                                and type(c[1]) is bool for c in calls)):
+            raise AssertionError("the model's record of its calls came back malformed from the sandbox")
+        self.calls = calls
+
 
 _SPECIAL_IDS = tuple(range(15))  # the course tokenizer's <pad> 0, <bos> 1, <eos> 2, <unk> 3, <mask> 4, <extra_id_0..9> 5-14
 
