@@ -11,7 +11,7 @@ Command line (the Makefile's targets call these)::
     python -m course_lib.grading release          # solutions/ -> notebooks/
     python -m course_lib.grading check 01         # grade notebooks/01_*/01_*.ipynb
     python -m course_lib.grading grade PATH 01    # grade any notebook of lesson 01
-    python -m course_lib.grading timings          # time and memory of each solution notebook
+    python -m course_lib.grading timings          # time, CPU time and memory of each solution notebook
 """
 
 from __future__ import annotations
@@ -203,10 +203,14 @@ def release(root: Path | None = None) -> list[Path]:
 
 
 def measure_notebook(notebook: Path, timeout: int = 600) -> dict:
-    """Execute ``notebook`` in a fresh kernel; return wall seconds and the kernel's peak RSS in bytes.
+    """Execute ``notebook`` in a fresh kernel and measure it; raises if a cell fails.
 
-    Runs in a child process so that the peak is the kernel's own (``RUSAGE_CHILDREN`` of
-    that child, whose only child is the kernel). Raises if a cell fails.
+    Returns ``seconds`` (wall time of the run), ``cpu_seconds`` (user + system CPU time of
+    the kernel) and ``peak_rss`` (the kernel's peak resident set size, in bytes).
+
+    The run happens in a child process whose only child is the kernel, so that
+    ``getrusage(RUSAGE_CHILDREN)`` there, read once the kernel has exited, reports the
+    kernel's own CPU time and memory.
     """
     code = (
         "import json, resource, sys, time, nbformat\n"
@@ -216,8 +220,9 @@ def measure_notebook(notebook: Path, timeout: int = 600) -> dict:
         "NotebookClient(nb, timeout=int(sys.argv[2]), kernel_name='python3',\n"
         "               resources={'metadata': {'path': sys.argv[3]}}).execute()\n"
         "seconds = time.perf_counter() - t\n"
-        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
-        "print(json.dumps({'seconds': seconds, 'peak_rss': peak}))\n"
+        "kernel = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps({'seconds': seconds, 'cpu_seconds': kernel.ru_utime + kernel.ru_stime,\n"
+        "                  'peak_rss': kernel.ru_maxrss * 1024}))\n"
     )
     notebook = Path(notebook).resolve()
     with _venv_bin_on_path():
@@ -230,17 +235,37 @@ def measure_notebook(notebook: Path, timeout: int = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+TIMINGS_COLUMNS = "| notebook | wall time (s) | kernel CPU time (s) | peak memory (MiB) |"
+
+
+def timings_row(name: str, measured: dict) -> str:
+    """One row of the timings table: a solution notebook and what :func:`measure_notebook` measured."""
+    return (
+        f"| solutions/{name}/{name}.ipynb | {measured['seconds']:.1f} | "
+        f"{measured['cpu_seconds']:.1f} | {measured['peak_rss'] / 2**20:.0f} |"
+    )
+
+
 def timings_table(root: Path | None = None) -> str:
-    """Execute every solution notebook and return a Markdown table of time and peak memory."""
+    """Execute every solution notebook and return a Markdown table of its time and peak memory."""
     root = course_root(root)
-    rows = [
-        "| notebook | wall time (s) | peak memory (MiB) |",
-        "|---|---|---|",
-    ]
+    rows = [TIMINGS_COLUMNS, "|---|---|---|---|"]
     for name in lessons(root):
-        m = measure_notebook(root / "solutions" / name / f"{name}.ipynb")
-        rows.append(f"| solutions/{name}/{name}.ipynb | {m['seconds']:.1f} | {m['peak_rss'] / 2**20:.0f} |")
+        rows.append(timings_row(name, measure_notebook(root / "solutions" / name / f"{name}.ipynb")))
     return "\n".join(rows)
+
+
+def timings_header() -> str:
+    """What the timings table measures, on which machine, and how busy it was before the run."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        "# Solution notebooks: time and memory\n\n"
+        "A benchmark, not a test: `make timings` executes each solution notebook from a fresh kernel\n"
+        "and records its wall time, the CPU time of the kernel (user + system) and the kernel's peak\n"
+        "resident set size. Budget: 60 s and 1.5 GB each on 2 idle CPU cores. Wall time depends on how\n"
+        "busy the machine is; CPU time much less so. Run it on an otherwise idle machine.\n\n"
+        f"Measured with {os.cpu_count()} CPU cores; load average (1 min) before the run: {load:.2f}.\n\n"
+    )
 
 
 # --------------------------------------------------------------------------- command line
@@ -255,7 +280,7 @@ def main(argv: list[str] | None = None) -> int:
     p_grade = sub.add_parser("grade", help="grade any copy of a lesson's notebook")
     p_grade.add_argument("notebook", type=Path)
     p_grade.add_argument("lesson")
-    p_time = sub.add_parser("timings", help="time and peak memory of every solution notebook")
+    p_time = sub.add_parser("timings", help="wall time, kernel CPU time and peak memory of every solution notebook")
     p_time.add_argument("--write", type=Path, help="also write the table to this Markdown file")
     args = parser.parse_args(argv)
     # nbgrader 0.9.6 trips SQLAlchemy's session warnings on every autograde; they mean nothing here
@@ -275,15 +300,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"graded in {scores.seconds:.0f} s")
         return 0
     if args.command == "timings":
+        header = timings_header()
         table = timings_table(root)
         print(table)
         if args.write:
-            header = (
-                "# Solution notebooks: time and memory\n\n"
-                "Each solution notebook executed from a fresh kernel by `make timings`; peak memory is the\n"
-                "kernel's peak resident set size. Budget: 60 s and 1.5 GB each on 2 CPU cores.\n\n"
-                f"Measured with {os.cpu_count()} CPU cores.\n\n"
-            )
             args.write.write_text(header + table + "\n")
         return 0
     return 2
