@@ -244,8 +244,9 @@ def tag_test_cells(notebook: Path) -> None:
 # --------------------------------------------------------------------------- learner edition
 
 # What a learner edition leaves out: solutions and hidden tests, the tests that read them
-# (and hold wrong answers to every exercise), and the CI script that runs those tests.
-INSTRUCTOR_ONLY = ("solutions", "tests", ".ci")
+# (and hold wrong answers to every exercise), the CI script that runs those tests, and the
+# instructor guide.
+INSTRUCTOR_ONLY = ("solutions", "tests", ".ci", "INSTRUCTORS.md")
 # In a learner edition, a pristine copy of each released notebook: self-check restores the
 # locked test cells from it, whatever the learner did to their own copy in notebooks/.
 PRISTINE_RELEASE = ".release"

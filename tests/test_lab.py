@@ -70,14 +70,14 @@ def page_config(base: str) -> dict:
 
 
 @contextlib.contextmanager
-def make_lab(tmp_path: Path, *make_args: str):
-    """Start `make lab MAKE_ARGS` on a free port (its output is not a terminal); yield its base URL."""
+def make_lab(tmp_path: Path, *make_args: str, cwd: Path = REPO):
+    """Start `make lab MAKE_ARGS` in ``cwd`` on a free port (its output is not a terminal); yield its base URL."""
     port = free_port()
     env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}", JUPYTER_RUNTIME_DIR=str(tmp_path))
     env.pop("JUPYTER_CONFIG_PATH", None)
     args = f"--no-browser --ip=127.0.0.1 --IdentityProvider.token={TOKEN} --ServerApp.open_browser=False"
     proc = subprocess.Popen(
-        ["make", "-s", "lab", f"PORT={port}", f"LAB_ARGS={args}", *make_args], cwd=REPO, env=env,
+        ["make", "-s", "lab", f"PORT={port}", f"LAB_ARGS={args}", *make_args], cwd=cwd, env=env,
         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True,
     )
     try:
