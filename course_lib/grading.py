@@ -259,8 +259,10 @@ def learner_edition_files(root: Path | None = None) -> list[Path]:
     are never tracked, so they never reach an edition.
     """
     root = course_root(root)
-    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True, check=True).stdout
-    files = [Path(name) for name in listed.split("\0") if name]
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise RuntimeError(f"a learner edition is made from a git checkout of the course; git says:\n{listed.stderr}")
+    files = [Path(name) for name in listed.stdout.split("\0") if name]
     return [f for f in files if f.parts[0] not in INSTRUCTOR_ONLY and (root / f).is_file()]
 
 
@@ -350,7 +352,7 @@ def timings_row(name: str, measured: dict) -> str:
 
 
 def timings_table(root: Path | None = None) -> str:
-    """Execute every solution notebook and return a Markdown table of its time and peak memory."""
+    """Execute every solution notebook; return a Markdown table of wall time, kernel CPU time and peak memory."""
     root = course_root(root)
     rows = [TIMINGS_COLUMNS, "|---|---|---|---|"]
     for name in lessons(root):
