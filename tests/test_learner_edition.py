@@ -73,7 +73,7 @@ def test_course_check_in_the_edition_runs_the_visible_tests_of_the_untouched_les
     assert re.search(r"^total\s+0 / 1$", proc.stdout, re.M), proc.stdout
 
 
-def test_make_check_in_the_edition_gives_full_points_to_a_right_answer(edition, tmp_path):
+def test_make_check_in_the_edition_gives_full_points_to_a_right_answer(edition):
     mine = edition / "notebooks" / LESSON / f"{LESSON}.ipynb"
     untouched = mine.read_bytes()
     try:
