@@ -6,12 +6,14 @@ release (which fills a fresh gradebook with the graded cells, hidden tests inclu
 the notebook to grade is copied in as a submission, nbgrader autogrades it, and the
 scores are read back from the gradebook. The notebook being graded is only ever read.
 
-Command line (the Makefile's targets call these)::
+Command line: ``course COMMAND`` from any folder of the course (the package installs the
+``course`` command), or ``python -m course_lib.grading COMMAND``; the Makefile's targets call these::
 
-    python -m course_lib.grading release          # solutions/ -> notebooks/
-    python -m course_lib.grading check 01         # grade notebooks/01_*/01_*.ipynb
-    python -m course_lib.grading grade PATH 01    # grade any notebook of lesson 01
-    python -m course_lib.grading timings          # time and memory of each solution notebook
+    course check 01                 # grade notebooks/01_*/01_*.ipynb
+    course grade PATH 01            # grade any notebook of lesson 01
+    course release                  # solutions/ -> notebooks/ (instructors)
+    course timings                  # time, CPU time and memory of each solution notebook
+    course learner-edition DEST     # a copy of the course for learners: no solutions, no hidden tests
 """
 
 from __future__ import annotations
@@ -35,22 +37,38 @@ STUDENT = "learner"
 # --------------------------------------------------------------------------- where things are
 
 
+def is_course_folder(folder: Path) -> bool:
+    """Whether ``folder`` is a course: ``nbgrader_config.py`` beside ``solutions/`` or, in a learner edition, ``notebooks/``."""
+    folder = Path(folder)
+    has_lessons = (folder / "solutions").is_dir() or (folder / "notebooks").is_dir()
+    return (folder / "nbgrader_config.py").is_file() and has_lessons
+
+
 def course_root(start: Path | None = None) -> Path:
-    """The folder that holds ``nbgrader_config.py`` and ``solutions/``: the current folder or one above it."""
+    """The course folder (see :func:`is_course_folder`): the current folder or one above it.
+
+    From ``notebooks/`` or ``notebooks/NN_topic/`` this is the folder above ``notebooks/``.
+    """
     here = Path(start or Path.cwd()).resolve()
     for folder in (here, *here.parents):
-        if (folder / "nbgrader_config.py").is_file() and (folder / "solutions").is_dir():
+        if is_course_folder(folder):
             return folder
     package_parent = Path(__file__).resolve().parents[1]
     if (package_parent / "nbgrader_config.py").is_file():
         return package_parent
-    raise FileNotFoundError(f"no course folder (with nbgrader_config.py and solutions/) at or above {here}")
+    raise FileNotFoundError(f"no course folder (with nbgrader_config.py and solutions/ or notebooks/) at or above {here}")
+
+
+def has_solutions(root: Path | None = None) -> bool:
+    """Whether the course holds ``solutions/`` (the instructor's repository) or not (a learner edition)."""
+    return (course_root(root) / "solutions").is_dir()
 
 
 def lessons(root: Path | None = None) -> list[str]:
-    """Lesson names, in order: every ``solutions/NAME/NAME.ipynb``."""
+    """Lesson names, in order: every ``solutions/NAME/NAME.ipynb`` (``notebooks/`` in a learner edition)."""
     root = course_root(root)
-    return sorted(p.name for p in (root / "solutions").iterdir() if (p / f"{p.name}.ipynb").is_file())
+    folder = root / ("solutions" if has_solutions(root) else "notebooks")
+    return sorted(p.name for p in folder.iterdir() if (p / f"{p.name}.ipynb").is_file())
 
 
 def find_lesson(prefix: str, root: Path | None = None) -> str:
@@ -109,6 +127,7 @@ def make_course(folder: Path, names: list[str] | None = None, root: Path | None 
         shutil.copytree(root / "solutions" / name, folder / "solutions" / name, ignore=shutil.ignore_patterns(".ipynb_checkpoints", "__pycache__"))
         with _venv_bin_on_path():
             _run(_api(folder).generate_assignment(name), f"generate_assignment {name}")
+        tag_test_cells(folder / "notebooks" / name / f"{name}.ipynb")
     return folder
 
 
@@ -199,14 +218,104 @@ def release(root: Path | None = None) -> list[Path]:
     return out
 
 
+RUN_ALL_GOES_ON = "raises-exception"
+
+
+def tag_test_cells(notebook: Path) -> None:
+    """Tag every graded test cell of ``notebook`` ``raises-exception``, so that *Run All* goes on past it.
+
+    In a learner's release the test cell of an unfinished exercise raises (the answer still
+    says ``raise NotImplementedError()``). JupyterLab's *Run All* and nbclient stop at the
+    first cell that raises, unless the cell carries this tag: then its error is shown and
+    the cells after it run. Grading does not change: nbgrader scores a test cell that shows
+    an error 0. The solution notebooks stay untagged, so that nbval fails if a check fails.
+    """
+    import nbformat
+
+    nb = nbformat.read(notebook, as_version=4)
+    for cell in nb.cells:
+        if cell.cell_type == "code" and cell.metadata.get("nbgrader", {}).get("grade"):
+            tags = cell.metadata.setdefault("tags", [])
+            if RUN_ALL_GOES_ON not in tags:
+                tags.append(RUN_ALL_GOES_ON)
+    nbformat.write(nb, notebook)
+
+
+# --------------------------------------------------------------------------- learner edition
+
+# What a learner edition leaves out: solutions and hidden tests, the tests that read them
+# (and hold wrong answers to every exercise), the CI script that runs those tests, and the
+# instructor guide.
+INSTRUCTOR_ONLY = ("solutions", "tests", ".ci", "INSTRUCTORS.md")
+# In a learner edition, a pristine copy of each released notebook: self-check restores the
+# locked test cells from it, whatever the learner did to their own copy in notebooks/.
+PRISTINE_RELEASE = ".release"
+
+
+def learner_edition_files(root: Path | None = None) -> list[Path]:
+    """The files of a learner edition, relative to the course root: every file git tracks, less :data:`INSTRUCTOR_ONLY`.
+
+    nbgrader's working files (``gradebook.db``, ``submitted/``, ``autograded/``, ``feedback/``)
+    are never tracked, so they never reach an edition.
+    """
+    root = course_root(root)
+    listed = subprocess.run(["git", "ls-files", "-z"], cwd=root, capture_output=True, text=True)
+    if listed.returncode != 0:
+        raise RuntimeError(f"a learner edition is made from a git checkout of the course; git says:\n{listed.stderr}")
+    files = [Path(name) for name in listed.stdout.split("\0") if name]
+    return [f for f in files if f.parts[0] not in INSTRUCTOR_ONLY and (root / f).is_file()]
+
+
+def write_learner_edition(dest: Path, root: Path | None = None) -> Path:
+    """Write a copy of the course for learners to ``dest`` (a new folder) and return it.
+
+    The edition has the lessons (``notebooks/``), ``course_lib``, the Makefile, Binder's files
+    and the documentation, and no solution or hidden test. ``make lab``, ``make check`` and
+    ``course check`` work there; self-check runs the visible tests (see :func:`grade_visible`).
+    """
+    root = course_root(root)
+    if not has_solutions(root):
+        raise ValueError(f"{root} is already a learner edition: make one from the instructor's repository")
+    dest = Path(dest).resolve()
+    if dest.exists() and any(dest.iterdir()):
+        raise FileExistsError(f"{dest} exists and is not empty")
+    for rel in learner_edition_files(root):
+        (dest / rel).parent.mkdir(parents=True, exist_ok=True)
+        shutil.copy2(root / rel, dest / rel)
+    shutil.copytree(dest / "notebooks", dest / PRISTINE_RELEASE, ignore=shutil.ignore_patterns(".ipynb_checkpoints"))
+    return dest
+
+
+def grade_visible(notebook: Path, lesson: str, root: Path | None = None, timeout: int | None = None) -> Scores:
+    """Grade ``notebook`` on the visible tests of ``lesson``, in a course without ``solutions/`` (a learner edition).
+
+    The released notebook stands in for the source: a temporary course is made whose
+    ``solutions/`` holds it, so the locked test cells are restored from the release and only
+    its tests run. Hidden tests run when the instructor grades. The file is only read.
+    """
+    root = course_root(root)
+    release = root / PRISTINE_RELEASE if (root / PRISTINE_RELEASE / lesson).is_dir() else root / "notebooks"
+    with tempfile.TemporaryDirectory(prefix="course-grade-") as tmp:
+        stand_in = Path(tmp) / "source"
+        (stand_in / "solutions" / lesson).mkdir(parents=True)
+        shutil.copyfile(root / "nbgrader_config.py", stand_in / "nbgrader_config.py")
+        shutil.copyfile(release / lesson / f"{lesson}.ipynb", stand_in / "solutions" / lesson / f"{lesson}.ipynb")
+        course = make_course(Path(tmp) / "course", [lesson], root=stand_in, timeout=timeout)
+        return autograde(course, lesson, Path(notebook).resolve())
+
+
 # --------------------------------------------------------------------------- budgets
 
 
 def measure_notebook(notebook: Path, timeout: int = 600) -> dict:
-    """Execute ``notebook`` in a fresh kernel; return wall seconds and the kernel's peak RSS in bytes.
+    """Execute ``notebook`` in a fresh kernel and measure it; raises if a cell fails.
 
-    Runs in a child process so that the peak is the kernel's own (``RUSAGE_CHILDREN`` of
-    that child, whose only child is the kernel). Raises if a cell fails.
+    Returns ``seconds`` (wall time of the run), ``cpu_seconds`` (user + system CPU time of
+    the kernel) and ``peak_rss`` (the kernel's peak resident set size, in bytes).
+
+    The run happens in a child process whose only child is the kernel, so that
+    ``getrusage(RUSAGE_CHILDREN)`` there, read once the kernel has exited, reports the
+    kernel's own CPU time and memory.
     """
     code = (
         "import json, resource, sys, time, nbformat\n"
@@ -216,8 +325,9 @@ def measure_notebook(notebook: Path, timeout: int = 600) -> dict:
         "NotebookClient(nb, timeout=int(sys.argv[2]), kernel_name='python3',\n"
         "               resources={'metadata': {'path': sys.argv[3]}}).execute()\n"
         "seconds = time.perf_counter() - t\n"
-        "peak = resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss * 1024\n"
-        "print(json.dumps({'seconds': seconds, 'peak_rss': peak}))\n"
+        "kernel = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
+        "print(json.dumps({'seconds': seconds, 'cpu_seconds': kernel.ru_utime + kernel.ru_stime,\n"
+        "                  'peak_rss': kernel.ru_maxrss * 1024}))\n"
     )
     notebook = Path(notebook).resolve()
     with _venv_bin_on_path():
@@ -230,38 +340,64 @@ def measure_notebook(notebook: Path, timeout: int = 600) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
+TIMINGS_COLUMNS = "| notebook | wall time (s) | kernel CPU time (s) | peak memory (MiB) |"
+
+
+def timings_row(name: str, measured: dict) -> str:
+    """One row of the timings table: a solution notebook and what :func:`measure_notebook` measured."""
+    return (
+        f"| solutions/{name}/{name}.ipynb | {measured['seconds']:.1f} | "
+        f"{measured['cpu_seconds']:.1f} | {measured['peak_rss'] / 2**20:.0f} |"
+    )
+
+
 def timings_table(root: Path | None = None) -> str:
-    """Execute every solution notebook and return a Markdown table of time and peak memory."""
+    """Execute every solution notebook; return a Markdown table of wall time, kernel CPU time and peak memory."""
     root = course_root(root)
-    rows = [
-        "| notebook | wall time (s) | peak memory (MiB) |",
-        "|---|---|---|",
-    ]
+    rows = [TIMINGS_COLUMNS, "|---|---|---|---|"]
     for name in lessons(root):
-        m = measure_notebook(root / "solutions" / name / f"{name}.ipynb")
-        rows.append(f"| solutions/{name}/{name}.ipynb | {m['seconds']:.1f} | {m['peak_rss'] / 2**20:.0f} |")
+        rows.append(timings_row(name, measure_notebook(root / "solutions" / name / f"{name}.ipynb")))
     return "\n".join(rows)
+
+
+def timings_header() -> str:
+    """What the timings table measures, on which machine, and how busy it was before the run."""
+    load = os.getloadavg()[0] if hasattr(os, "getloadavg") else float("nan")
+    return (
+        "# Solution notebooks: time and memory\n\n"
+        "A benchmark, not a test: `make timings` executes each solution notebook from a fresh kernel\n"
+        "and records its wall time, the CPU time of the kernel (user + system) and the kernel's peak\n"
+        "resident set size. Budget: 60 s and 1.5 GB each on 2 idle CPU cores. Wall time depends on how\n"
+        "busy the machine is; CPU time much less so. Run it on an otherwise idle machine.\n\n"
+        f"Measured with {os.cpu_count()} CPU cores; load average (1 min) before the run: {load:.2f}.\n\n"
+    )
 
 
 # --------------------------------------------------------------------------- command line
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m course_lib.grading", description=__doc__.split("\n\n")[0])
+    """The ``course`` command (and ``python -m course_lib.grading``)."""
+    parser = argparse.ArgumentParser(prog="course", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="command", required=True)
-    sub.add_parser("release", help="regenerate notebooks/ from solutions/")
     p_check = sub.add_parser("check", help="grade your notebook notebooks/NN_topic/NN_topic.ipynb")
     p_check.add_argument("lesson", help="lesson number or name, e.g. 01")
     p_grade = sub.add_parser("grade", help="grade any copy of a lesson's notebook")
     p_grade.add_argument("notebook", type=Path)
     p_grade.add_argument("lesson")
-    p_time = sub.add_parser("timings", help="time and peak memory of every solution notebook")
+    sub.add_parser("release", help="regenerate notebooks/ from solutions/ (instructors)")
+    p_time = sub.add_parser("timings", help="wall time, kernel CPU time and peak memory of every solution notebook")
     p_time.add_argument("--write", type=Path, help="also write the table to this Markdown file")
+    p_edition = sub.add_parser("learner-edition", help="write a copy of the course without solutions and hidden tests")
+    p_edition.add_argument("dest", type=Path, help="a new folder")
     args = parser.parse_args(argv)
     # nbgrader 0.9.6 trips SQLAlchemy's session warnings on every autograde; they mean nothing here
     warnings.filterwarnings("ignore", message=".*not in session.*")
 
     root = course_root()
+    if args.command in ("release", "timings", "learner-edition") and not has_solutions(root):
+        print(f"`{args.command}` needs solutions/: this is a learner edition of the course.", file=sys.stderr)
+        return 2
     if args.command == "release":
         for folder in release(root):
             print(f"released {folder.relative_to(root)}")
@@ -270,21 +406,24 @@ def main(argv: list[str] | None = None) -> int:
         lesson = find_lesson(args.lesson, root)
         notebook = args.notebook if args.command == "grade" else root / "notebooks" / lesson / f"{lesson}.ipynb"
         print(f"Grading {notebook} (a copy; your file is not changed) ...", flush=True)
-        scores = grade(notebook, lesson, root)
+        if has_solutions(root):
+            scores = grade(notebook, lesson, root)
+        else:
+            print("Visible tests only: the hidden tests run when your instructor grades.", flush=True)
+            scores = grade_visible(notebook, lesson, root)
         print(scores.table())
         print(f"graded in {scores.seconds:.0f} s")
         return 0
     if args.command == "timings":
+        header = timings_header()
         table = timings_table(root)
         print(table)
         if args.write:
-            header = (
-                "# Solution notebooks: time and memory\n\n"
-                "Each solution notebook executed from a fresh kernel by `make timings`; peak memory is the\n"
-                "kernel's peak resident set size. Budget: 60 s and 1.5 GB each on 2 CPU cores.\n\n"
-                f"Measured with {os.cpu_count()} CPU cores.\n\n"
-            )
             args.write.write_text(header + table + "\n")
+        return 0
+    if args.command == "learner-edition":
+        dest = write_learner_edition(args.dest, root)
+        print(f"wrote the learner edition to {dest}")
         return 0
     return 2
 

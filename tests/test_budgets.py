@@ -1,13 +1,17 @@
 """Every solution notebook fits the course's budget: 60 s and 1.5 GB on 2 CPU cores.
 
-`make timings` writes the measured table to bench/notebook_timings.md; this test
-measures again and checks that the committed table covers every notebook.
+The budget is a benchmark, not a test: `make timings` measures each solution notebook
+(wall time, the kernel's CPU time, its peak memory) on an idle machine and writes the
+table bench/notebook_timings.md. These tests check that the committed table covers
+every notebook and records figures within budget, and that the measurement itself
+measures the kernel. No test here depends on how fast or busy the machine is.
 """
 
 from __future__ import annotations
 
 import re
 
+import nbformat
 import pytest
 
 from course_lib import grading
@@ -17,19 +21,47 @@ pytest.importorskip("nbclient")
 SECONDS, BYTES = 60, 1.5 * 2**30
 TABLE = REPO / "bench" / "notebook_timings.md"
 LESSONS = grading.lessons(REPO)
+ROW = re.compile(r"^\| solutions/(\S+?)/\S+ \| ([\d.]+) \| ([\d.]+) \| ([\d.]+) \|$", re.M)
 
 
 def test_committed_timings_table_covers_every_notebook_within_budget():
-    rows = re.findall(r"^\| solutions/(\S+?)/\S+ \| ([\d.]+) \| ([\d.]+) \|$", TABLE.read_text(), re.M)
+    text = TABLE.read_text()
+    assert grading.TIMINGS_COLUMNS in text, "the table's columns changed: run `make timings` and commit it"
+    rows = ROW.findall(text)
     assert sorted(r[0] for r in rows) == LESSONS, "run `make timings` and commit bench/notebook_timings.md"
-    for lesson, seconds, mib in rows:
+    for lesson, seconds, cpu_seconds, mib in rows:
         assert float(seconds) <= SECONDS and float(mib) * 2**20 <= BYTES, f"{lesson}: {seconds} s, {mib} MiB"
+        assert float(cpu_seconds) > 0, f"{lesson}: no CPU time recorded"
+
+
+def test_the_table_reader_reads_what_timings_row_writes():
+    row = grading.timings_row("00_x", {"seconds": 2.04, "cpu_seconds": 3.26, "peak_rss": 300 * 2**20})
+    assert ROW.findall(row) == [("00_x", "2.0", "3.3", "300")]
 
 
 @pytest.mark.slow
 @pytest.mark.timeout(300)
-@pytest.mark.parametrize("lesson", LESSONS)
-def test_solution_notebook_runs_within_budget(lesson):
-    m = grading.measure_notebook(REPO / "solutions" / lesson / f"{lesson}.ipynb")
-    assert m["seconds"] <= SECONDS, f"{lesson} took {m['seconds']:.1f} s"
-    assert 50 * 2**20 < m["peak_rss"] <= BYTES, f"{lesson} peaked at {m['peak_rss'] / 2**20:.0f} MiB"
+def test_measure_notebook_measures_the_kernel(tmp_path):
+    """A notebook that holds 300 MiB and computes for a while: both show in the kernel's figures."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("block = b\"x\" * (300 * 2**20)  # every page written"),
+        nbformat.v4.new_code_cell("total = sum(i * i for i in range(3_000_000))"),
+    ]
+    path = tmp_path / "busy.ipynb"
+    nbformat.write(nb, path)
+    measured = grading.measure_notebook(path)
+    assert set(measured) == {"seconds", "cpu_seconds", "peak_rss"}
+    assert measured["peak_rss"] >= 300 * 2**20, f"peak {measured['peak_rss'] / 2**20:.0f} MiB"
+    assert measured["cpu_seconds"] > 0.05, f"CPU time {measured['cpu_seconds']} s"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_measure_notebook_raises_when_a_cell_fails(tmp_path):
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")]
+    path = tmp_path / "broken.ipynb"
+    nbformat.write(nb, path)
+    with pytest.raises(RuntimeError, match="broken on purpose"):
+        grading.measure_notebook(path)

