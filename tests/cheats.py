@@ -70,11 +70,11 @@ def _decode_fp16_tensor_numpy(bits):
 
 def _mha_with_torch_module(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
     d_model = x.shape[-1]
-    mha = torch.nn.MultiheadAttention(d_model, n_heads, bias=False, batch_first=True, dtype=x.dtype)
+    mha = torch.nn.MultiheadAttention(d_model, n_heads, bias=False, batch_first=True, dtype=x.dtype, device=x.device)
     with torch.no_grad():
         mha.in_proj_weight.copy_(torch.cat([w_q, w_k, w_v]))
         mha.out_proj.weight.copy_(w_o)
-        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool).triu(1) if is_causal else None
+        mask = torch.ones(x.shape[1], x.shape[1], dtype=torch.bool, device=x.device).triu(1) if is_causal else None
         return mha(x, x, x, attn_mask=mask, need_weights=False)[0]
 
 

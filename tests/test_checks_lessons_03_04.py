@@ -10,6 +10,7 @@ from __future__ import annotations
 import pytest
 import torch
 
+from course_lib.checks.common import expect_same_device
 from course_lib.checks import formats as formats_checks
 from course_lib.checks import memory as memory_checks
 from course_lib.checks import quant as quant_checks
@@ -72,7 +73,7 @@ def test_int8_check_rejects_a_wrong_pair_with_a_useful_message(check, pair, mess
 def test_int8_device_check_sees_a_divisor_made_on_the_cpu():
     """Asked on its own, the device check names the mistake (the test cell may fail earlier, on a 0-d tensor)."""
     with pytest.raises(AssertionError, match="on another device mixes devices"):
-        formats_checks.expect_device_kept(fm.int8_divisor_on_cpu, torch.randn(3, 4), what="absmax_quantize_int8(w) for w on another device")
+        expect_same_device(fm.int8_divisor_on_cpu, torch.randn(3, 4), what="absmax_quantize_int8(w) for w on another device")
 
 
 @pytest.mark.parametrize(

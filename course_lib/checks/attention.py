@@ -252,7 +252,7 @@ def check_scaled_dot_product_attention_edge_cases(attention) -> None:
 
 def reference_multi_head_attention(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
     """The exercise's function computed by :class:`course_lib.attention.MultiHeadAttention` with the given weights."""
-    mha = ref.MultiHeadAttention(w_q.shape[0], n_heads).to(x.dtype)
+    mha = ref.MultiHeadAttention(w_q.shape[0], n_heads).to(device=x.device, dtype=x.dtype)
     with torch.no_grad():
         for lin, w in ((mha.q_proj, w_q), (mha.k_proj, w_k), (mha.v_proj, w_v), (mha.o_proj, w_o)):
             lin.weight.copy_(w)

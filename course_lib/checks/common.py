@@ -90,6 +90,16 @@ def call(fn, *args, what: str, **kwargs):
     return result
 
 
+def call_explained(fn, *args, what: str, hint: str = "", **kwargs):
+    """:func:`call`; an error the answer raises fails the check with a message that names the call (and ``hint``)."""
+    try:
+        return call(fn, *args, what=what, **kwargs)
+    except AssertionError:
+        raise
+    except Exception as err:  # noqa: BLE001  (the answer's own error, reported as a failed check)
+        raise AssertionError(f"{what} raised {type(err).__name__}: {err}{hint}") from None
+
+
 def expect_tensor(got, expected: torch.Tensor, what: str, *, atol: float | None = None, rtol: float | None = None) -> None:
     """Fail unless ``got`` is a plain ``torch.Tensor`` with ``expected``'s dtype, shape, device and values.
 
@@ -128,20 +138,31 @@ def on_meta(*tensors: torch.Tensor) -> tuple[torch.Tensor, ...]:
 
 
 def expect_same_device(fn, *args, what: str, **kwargs) -> None:
-    """Call ``fn`` on ``meta`` tensors and fail if a tensor it returns, or makes on the way, is on another device.
+    """Call ``fn`` on ``meta`` copies of the tensors in ``args``; fail if a tensor it returns, or makes, is on another device.
 
-    An answer that needs the values themselves (``.item()``, ``if x.max() == 0``) cannot run on
-    ``meta``; that is not a mistake, and such an answer is not judged here.
+    Copying the inputs' data to the CPU (``.cpu()``, or filling a buffer made without
+    ``device=``) fails too: on ``meta`` it raises "Cannot copy out of meta tensor", on a GPU it
+    would leave the result on the CPU. An answer that needs the values themselves (``.item()``,
+    ``if x.max() == 0``, numpy) cannot run on ``meta``; that is not a mistake, and such an
+    answer is not judged here.
     """
+    meta = [on_meta(a)[0] if isinstance(a, torch.Tensor) and a.device.type != "meta" else a for a in args]
     try:
-        result = fn(*args, **kwargs)
-    except (RuntimeError, NotImplementedError) as err:
+        result = fn(*meta, **kwargs)
+    except (RuntimeError, NotImplementedError, TypeError) as err:
         text = str(err)
-        if "device" in text and "meta" in text and "cannot be called on meta" not in text:
+        if "copy out of meta" in text:
+            raise AssertionError(
+                f"{what} copied its input's data to the CPU (into a tensor made without device=..., or with .cpu()): "
+                "keep the input's device, e.g. torch.empty(..., device=x.device) or torch.empty_like(x)"
+            ) from None
+        if "device" in text and "meta" in text and "cannot be called on meta" not in text and "numpy" not in text:
             raise AssertionError(
                 f"{what} mixes devices ({text.splitlines()[0]}): make new tensors on the input's device, "
                 "e.g. torch.zeros(..., device=x.device) or torch.zeros_like(x)"
             ) from None
+        if isinstance(err, TypeError) and "meta" not in text:
+            raise
         return
     outputs = result if isinstance(result, (tuple, list)) else (result,)
     for out in outputs:

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from course_lib import flash as ref
 from course_lib.attention import causal_mask
-from course_lib.checks.common import call, expect_same_device, expect_tensor, new_generator, on_meta, randint
+from course_lib.checks.common import call, call_explained, expect_same_device, expect_tensor, new_generator, on_meta, randint
 from course_lib.checks.guard import Rules, watched
 
 _DTYPES = (torch.float32, torch.float64)
@@ -59,34 +59,6 @@ def _expect_state(got, expected, what: str, **tol) -> None:
 
 _BY_KEYWORD = "; keep the parameter names of the signature in the docstring"
 _ANY_LAYOUT = "; an input may be a non-contiguous view: use reshape (not view), or .contiguous() first"
-
-
-def _call(fn, *args, what: str, hint: str, **kwargs):
-    """``common.call``, with an error raised by the answer turned into a failure that says which call raised it and why."""
-    try:
-        return call(fn, *args, what=what, **kwargs)
-    except (TypeError, RuntimeError, ValueError, IndexError) as err:
-        raise AssertionError(f"{what} raised {type(err).__name__}: {err}{hint}") from None
-
-
-def _expect_same_device(fn, *args, what: str, **kwargs) -> None:
-    """``common.expect_same_device``; copying the inputs' data into a CPU tensor fails too.
-
-    On ``meta`` such a copy (a buffer made without ``device=`` and filled with the input, or
-    ``.cpu()``) raises "Cannot copy out of meta tensor"; on a GPU it would leave the result on the CPU.
-    """
-    def run(*a, **k):
-        try:
-            return fn(*a, **k)
-        except NotImplementedError as err:
-            if "copy out of meta" not in str(err):
-                raise
-            raise AssertionError(
-                f"{what} copied its input's data to the CPU (into a tensor made without device=..., or with .cpu() or .tolist()): "
-                "keep the input's device, e.g. torch.empty(..., device=x.device) or torch.empty_like(x)"
-            ) from None
-
-    expect_same_device(run, *args, what=what, **kwargs)
 
 
 def _non_contiguous(t: torch.Tensor) -> torch.Tensor:
@@ -182,16 +154,16 @@ def _check_online_conventions(online_softmax_update, gen, seed, dtype) -> None:
     expected = ref.online_softmax_update(*state, scores, v)
     what = f"online_softmax_update(m=m, l=l, acc=acc, scores=scores, v=v), every argument by keyword, with {shapes}"
     kwargs = dict(zip(("m", "l", "acc", "scores", "v"), (*state, scores, v)))
-    _expect_state(_call(online_softmax_update, what=what, hint=_BY_KEYWORD, **kwargs), expected, what, **_tolerances(dtype))
+    _expect_state(call_explained(online_softmax_update, what=what, hint=_BY_KEYWORD, **kwargs), expected, what, **_tolerances(dtype))
     what = f"online_softmax_update(m, l, acc, scores, v) with every input non-contiguous (strided, dims stored in reverse order), {shapes}"
-    got = _call(online_softmax_update, *(_non_contiguous(t) for t in (*state, scores, v)), what=what, hint=_ANY_LAYOUT)
+    got = call_explained(online_softmax_update, *(_non_contiguous(t) for t in (*state, scores, v)), what=what, hint=_ANY_LAYOUT)
     _expect_state(got, expected, what, **_tolerances(dtype))
     first = _initial_state(batch_shape, n_q, ev, dtype)
     what = f"online_softmax_update on the first tile, m, l and acc given as expanded views (torch.full((), -inf).expand(...)), {shapes}"
-    got = _call(online_softmax_update, *(_expanded(t) for t in first), scores, v, what=what, hint=_ANY_LAYOUT)
+    got = call_explained(online_softmax_update, *(_expanded(t) for t in first), scores, v, what=what, hint=_ANY_LAYOUT)
     _expect_state(got, ref.online_softmax_update(*first, scores, v), what, **_tolerances(dtype))
     what = f"online_softmax_update(m, l, acc, scores, v) with inputs on the meta device (standing in for a GPU), {shapes}"
-    _expect_same_device(online_softmax_update, *on_meta(*state, scores, v), what=what)
+    expect_same_device(online_softmax_update, *on_meta(*state, scores, v), what=what)
 
 
 def _check_folding(online_softmax_update, gen, seed, dtype) -> None:
@@ -357,18 +329,18 @@ def _check_tile_conventions(forward_tile_step, gen, seed, dtype) -> None:
     expected, tol = ref.forward_tile_step(*tensors, scale, mask), _tolerances(dtype, loose=True)
     names = ("q_tile", "k_tile", "v_tile", "m", "l", "acc")
     what = f"forward_tile_step(q_tile=..., k_tile=..., v_tile=..., m=..., l=..., acc=..., scale=..., mask=...), every argument by keyword, with {shapes}"
-    got = _call(forward_tile_step, what=what, hint=_BY_KEYWORD, scale=scale, mask=mask, **dict(zip(names, tensors)))
+    got = call_explained(forward_tile_step, what=what, hint=_BY_KEYWORD, scale=scale, mask=mask, **dict(zip(names, tensors)))
     _expect_state(got, expected, what, **tol)
     what = f"forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, mask), every argument by position, with {shapes}"
-    _expect_state(_call(forward_tile_step, *tensors, scale, mask, what=what, hint="; the order is (q_tile, k_tile, v_tile, m, l, acc, scale, mask=None)"),
+    _expect_state(call_explained(forward_tile_step, *tensors, scale, mask, what=what, hint="; the order is (q_tile, k_tile, v_tile, m, l, acc, scale, mask=None)"),
                   expected, what, **tol)
     what = (f"forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, mask=mask) with every tensor non-contiguous "
             f"(strided, dims stored in reverse order), {shapes}")
-    got = _call(forward_tile_step, *(_non_contiguous(t) for t in tensors), scale, mask=_non_contiguous(mask), what=what, hint=_ANY_LAYOUT)
+    got = call_explained(forward_tile_step, *(_non_contiguous(t) for t in tensors), scale, mask=_non_contiguous(mask), what=what, hint=_ANY_LAYOUT)
     _expect_state(got, expected, what, **tol)
     for m in (mask, None):
         what = f"forward_tile_step(..., scale, mask={'a mask' if m is not None else 'None'}) with inputs on the meta device (standing in for a GPU), {shapes}"
-        _expect_same_device(forward_tile_step, *on_meta(*tensors), scale, what=what, mask=None if m is None else on_meta(m)[0])
+        expect_same_device(forward_tile_step, *on_meta(*tensors), scale, what=what, mask=None if m is None else on_meta(m)[0])
 
 
 def _check_tiled_attention(forward_tile_step, gen, seed, dtype, is_causal) -> None:
@@ -487,7 +459,7 @@ def check_causal_tile_skip(causal_tile_skip, seed: int | None = None) -> None:
         _expect_bool(causal_tile_skip(q_start, q_end, k_start), _brute_force_skip(q_start, q_end, k_start, k_end), what)
     for q_start, q_end, k_start in ((0, 4, 4), (0, 4, 3), (8, 12, 11), (8, 12, 12), (16, 17, 16)):
         what = f"causal_tile_skip(k_start={k_start}, q_end={q_end}, q_start={q_start}), called by keyword"
-        got = _call(causal_tile_skip, k_start=k_start, q_end=q_end, q_start=q_start, what=what, hint=_BY_KEYWORD)
+        got = call_explained(causal_tile_skip, k_start=k_start, q_end=q_end, q_start=q_start, what=what, hint=_BY_KEYWORD)
         _expect_bool(got, _brute_force_skip(q_start, q_end, k_start, k_start + 1), what)
 
 

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from course_lib import attention as ref
 from course_lib import kvcache
-from course_lib.checks.common import call, expect_int, expect_same_device, expect_tensor, new_generator, on_meta, randint
+from course_lib.checks.common import call, call_explained, expect_int, expect_same_device, expect_tensor, new_generator, on_meta, randint
 from course_lib.checks.guard import Rules, watched
 
 _DTYPES = (torch.float32, torch.float64)
@@ -42,34 +42,6 @@ def _randn(gen: torch.Generator, shape, dtype) -> torch.Tensor:
 
 _BY_KEYWORD = "; keep the parameter names of the signature in the docstring"
 _ANY_LAYOUT = "; an input may be a non-contiguous view: use reshape (not view), or .contiguous() first"
-
-
-def _call(fn, *args, what: str, hint: str, **kwargs):
-    """``common.call``, with an error raised by the answer turned into a failure that says which call raised it and why."""
-    try:
-        return call(fn, *args, what=what, **kwargs)
-    except (TypeError, RuntimeError, ValueError, IndexError) as err:
-        raise AssertionError(f"{what} raised {type(err).__name__}: {err}{hint}") from None
-
-
-def _expect_same_device(fn, *args, what: str, **kwargs) -> None:
-    """``common.expect_same_device``; copying the inputs' data into a CPU tensor fails too.
-
-    On ``meta`` such a copy (a buffer made without ``device=`` and filled with the input, or
-    ``.cpu()``) raises "Cannot copy out of meta tensor"; on a GPU it would leave the result on the CPU.
-    """
-    def run(*a, **k):
-        try:
-            return fn(*a, **k)
-        except NotImplementedError as err:
-            if "copy out of meta" not in str(err):
-                raise
-            raise AssertionError(
-                f"{what} copied its input's data to the CPU (into a tensor made without device=..., or with .cpu() or .tolist()): "
-                "keep the input's device, e.g. torch.empty(..., device=x.device) or torch.empty_like(x)"
-            ) from None
-
-    expect_same_device(run, *args, what=what, **kwargs)
 
 
 def _cache_layouts(gen: torch.Generator, shape, dtype) -> dict[str, torch.Tensor]:
@@ -118,17 +90,17 @@ def _check_repeat_kv_inputs(repeat_kv, gen, seed) -> None:
         expect_tensor(call(repeat_kv, x, n_rep, what=what), ref.repeat_kv(x, n_rep), what)
     empty = _randn(gen, (shape[0], shape[1], 0, shape[3]), torch.float32)
     what = f"repeat_kv(x, {n_rep}) for an empty cache x of shape {tuple(empty.shape)} (no position yet) (seed {seed})"
-    expect_tensor(_call(repeat_kv, empty, n_rep, what=what, hint="; a dim of size 0 leaves reshape(..., -1) undetermined"),
+    expect_tensor(call_explained(repeat_kv, empty, n_rep, what=what, hint="; a dim of size 0 leaves reshape(..., -1) undetermined"),
                   ref.repeat_kv(empty, n_rep), what)
     for name, x in _cache_layouts(gen, shape, _DTYPES[randint(gen, 0, 1)]).items():
         what = f"repeat_kv(x, {n_rep}) for x of shape {shape}, {x.dtype}, {name} (seed {seed})"
-        expect_tensor(_call(repeat_kv, x, n_rep, what=what, hint=_ANY_LAYOUT), ref.repeat_kv(x, n_rep), what)
+        expect_tensor(call_explained(repeat_kv, x, n_rep, what=what, hint=_ANY_LAYOUT), ref.repeat_kv(x, n_rep), what)
     x = _randn(gen, shape, torch.float32)
     what = f"repeat_kv(x=x, n_rep={n_rep}) called by keyword, x of shape {shape} (seed {seed})"
-    expect_tensor(_call(repeat_kv, x=x, n_rep=n_rep, what=what, hint=_BY_KEYWORD), ref.repeat_kv(x, n_rep), what)
+    expect_tensor(call_explained(repeat_kv, x=x, n_rep=n_rep, what=what, hint=_BY_KEYWORD), ref.repeat_kv(x, n_rep), what)
     for rep_ in (n_rep, 1):
         what = f"repeat_kv(x, {rep_}) for x of shape {shape} on the meta device (standing in for a GPU)"
-        _expect_same_device(repeat_kv, *on_meta(x), rep_, what=what)
+        expect_same_device(repeat_kv, *on_meta(x), rep_, what=what)
 
 
 def check_repeat_kv_against_transformers(repeat_kv) -> None:
@@ -380,14 +352,14 @@ def _check_step_inputs(cached_attention_step, gen, seed) -> None:
         inputs = (queries[i], news[i], news[(i + 1) % len(news)], k_cache, caches[(i + 1) % len(caches)][1])
         what = (f"cached_attention_step with non-contiguous inputs (k_cache {layout}, v_cache {caches[(i + 1) % len(caches)][0]}), "
                 f"q {(b, h, 1, d)}, caches {(b, h_kv, t, d)}, {dtype} (seed {seed})")
-        _expect_step(_call(cached_attention_step, *inputs, what=what, hint=_ANY_LAYOUT), inputs, what)
+        _expect_step(call_explained(cached_attention_step, *inputs, what=what, hint=_ANY_LAYOUT), inputs, what)
     inputs = (_randn(gen, (b, h, 1, d), dtype), *(_randn(gen, (b, h_kv, n, d), dtype) for n in (1, 1, t, t)))
     what = f"cached_attention_step(q=q, k_new=k_new, v_new=v_new, k_cache=k_cache, v_cache=v_cache), every argument by keyword (seed {seed})"
-    _expect_step(_call(cached_attention_step, what=what, hint=_BY_KEYWORD, **dict(zip(("q", "k_new", "v_new", "k_cache", "v_cache"), inputs))),
+    _expect_step(call_explained(cached_attention_step, what=what, hint=_BY_KEYWORD, **dict(zip(("q", "k_new", "v_new", "k_cache", "v_cache"), inputs))),
                  inputs, what)
     for n in (t, 0):
         what = f"cached_attention_step with q {(b, h, 1, d)} and caches {(b, h_kv, n, d)} on the meta device (standing in for a GPU)"
-        _expect_same_device(cached_attention_step, *on_meta(*inputs[:3], *(x[:, :, :n] for x in inputs[3:])), what=what)
+        expect_same_device(cached_attention_step, *on_meta(*inputs[:3], *(x[:, :, :n] for x in inputs[3:])), what=what)
 
 
 def check_cached_attention_step_decodes_like_full_attention(cached_attention_step, seed: int | None = None) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from course_lib import memory
-from course_lib.checks.common import call, expect_int, new_generator, randint
+from course_lib.checks.common import call_explained, expect_int, new_generator, randint
 from course_lib.checks.guard import Rules, watched
 
 
@@ -23,16 +23,6 @@ def _call_text(name: str, args: tuple, kwargs: dict) -> str:
     """How a call looks in a message: ``kv_cache_bytes(32, 32, 8, 128, 4096, bytes_per_element=1)``."""
     parts = [repr(a) for a in args] + [f"{k}={v!r}" for k, v in kwargs.items()]
     return f"{name}({', '.join(parts)})"
-
-
-def _ask(fn, args: tuple, kwargs: dict, what: str):
-    """``fn(*args, **kwargs)``; an error it raises fails the check with a message that names the call."""
-    try:
-        return call(fn, *args, what=what, **kwargs)
-    except AssertionError:
-        raise
-    except Exception as err:
-        raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from err
 
 
 def _split_call(gen, names: tuple[str, ...], values: tuple, required: int, cut: int | None = None) -> tuple[tuple, dict]:
@@ -85,7 +75,7 @@ def check_llama_block_params(llama_block_params, seed: int | None = None, n_case
     for label, shape in [*cases, *LLAMA_SHAPES.items()]:
         args, kwargs = _split_call(gen, _BLOCK_ARGS, shape, required=4, cut=4)  # positional, as the lesson calls it
         what = f"{_call_text('llama_block_params', args, kwargs)} ({label})"
-        expect_int(_ask(llama_block_params, args, kwargs, what), memory.block_params(_llama_shape(*shape)), what)
+        expect_int(call_explained(llama_block_params, *args, **kwargs, what=what), memory.block_params(_llama_shape(*shape)), what)
 
 
 def check_llama_block_params_against_transformers(llama_block_params) -> None:
@@ -133,7 +123,7 @@ def check_model_state_bytes(model_state_bytes, seed: int | None = None) -> None:
             for n, label in ((randint(gen, 1, 10**6) * randint(gen, 1, 10**6), f"seed {seed}"), (huge, "beyond 2**53")):
                 args, kwargs = _split_call(gen, ("n_params", "optimizer", "precision"), (n, optimizer, precision), required=3)
                 what = f"{_call_text('model_state_bytes', args, kwargs)} ({label})"
-                _expect_states(_ask(model_state_bytes, args, kwargs, what), _reference_states(n, optimizer, precision), what)
+                _expect_states(call_explained(model_state_bytes, *args, **kwargs, what=what), _reference_states(n, optimizer, precision), what)
 
 
 def check_model_state_bytes_against_measurement(model_state_bytes) -> None:
@@ -195,7 +185,7 @@ def check_kv_cache_bytes(kv_cache_bytes, seed: int | None = None, n_cases: int =
         n_layers, _, n_kv, head_dim, seq, batch, nbytes = values
         expected = memory.kv_cache_bytes(n_layers, n_kv, head_dim, seq, 1 if batch is None else batch, 2 if nbytes is None else nbytes)
         what = f"{_call_text('kv_cache_bytes', args, kwargs)} ({label})"
-        expect_int(_ask(kv_cache_bytes, args, kwargs, what), expected, what)
+        expect_int(call_explained(kv_cache_bytes, *args, **kwargs, what=what), expected, what)
 
 
 def check_kv_cache_bytes_against_a_real_cache(kv_cache_bytes) -> None:

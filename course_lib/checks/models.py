@@ -58,7 +58,8 @@ def check_next_token_loss(next_token_loss, seed: int | None = None, n_cases: int
         if case % 3 == 2:  # pad the end of each sequence with -100
             for row in range(b):
                 targets[row, randint(gen, 2, t) :] = -100  # position 1 keeps a target
-        if case % 3 == 1:
+        if case % 3 == 1:  # with two or more sequences, so that the layout is really non-contiguous
+            logits, targets = torch.cat([logits, logits.flip(0)]), torch.cat([targets, targets.flip(0)])
             logits, targets = _seq_first_layout(logits), _seq_first_layout(targets)
         layout = "" if logits.is_contiguous() else ", both non-contiguous"
         what = f"next_token_loss(logits {tuple(logits.shape)} {dtype}, targets {tuple(targets.shape)}{layout}) (seed {seed})"

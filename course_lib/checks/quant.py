@@ -7,8 +7,7 @@ import math
 import torch
 
 from course_lib import quant
-from course_lib.checks.common import expect_tensor, new_generator, randint
-from course_lib.checks.formats import call_explained, expect_device_kept
+from course_lib.checks.common import call_explained, expect_same_device, expect_tensor, new_generator, randint
 from course_lib.checks.guard import Rules, watched
 
 
@@ -146,8 +145,8 @@ def check_absmax_int8_edge_cases(absmax_quantize_int8, absmax_dequantize_int8) -
     q = _non_contiguous(torch.arange(-127, 128, 17, dtype=torch.int8).reshape(3, 5))
     _expect_dequantized(absmax_dequantize_int8, q, torch.tensor(0.25, dtype=torch.float64), "absmax_dequantize_int8(q, 0.25) for a non-contiguous q")
     w = _non_contiguous(torch.randn(5, 6))
-    expect_device_kept(absmax_quantize_int8, w, what="absmax_quantize_int8(w) for w on another device")
-    expect_device_kept(absmax_dequantize_int8, torch.zeros(5, 6, dtype=torch.int8), torch.tensor(0.5),
+    expect_same_device(absmax_quantize_int8, w, what="absmax_quantize_int8(w) for w on another device")
+    expect_same_device(absmax_dequantize_int8, torch.zeros(5, 6, dtype=torch.int8), torch.tensor(0.5),
                        what="absmax_dequantize_int8(q, scale) for q and scale on another device")
 
 
@@ -225,5 +224,5 @@ def check_blockwise_int4_edge_cases(quantize_int4_blocks) -> None:
     for i, (w, block, label) in enumerate(_int4_edge_cases()):
         got, what = _call_int4(quantize_int4_blocks, w, block or 64, 2 if block is None else i % 2, label)
         _expect_quantized(got, w, f"{what}: w = {w.tolist()}" if w.numel() <= 16 else what, bits=4, block_size=block or 64)
-    expect_device_kept(quantize_int4_blocks, _non_contiguous(torch.randn(4, 32)), block_size=16,
+    expect_same_device(quantize_int4_blocks, _non_contiguous(torch.randn(4, 32)), block_size=16,
                        what="quantize_int4_blocks(w, block_size=16) for w on another device")
