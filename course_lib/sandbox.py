@@ -222,11 +222,12 @@ def _make_reachable(paths: list[str], stage: str) -> list[str]:
     reappear (bound from a staging folder). Returns the problems met.
     """
     problems, moved = [], {}
-    for path in paths:
+    outermost = [p for p in sorted(set(paths)) if not any(p.startswith(q.rstrip(os.sep) + os.sep) for q in paths if q != p)]
+    for number, path in enumerate(outermost):
         blocked = _blocked_ancestor(path)
         if blocked is None:
             continue
-        target = os.path.join(stage, f"reach{len(moved)}")
+        target = os.path.join(stage, f"reach{number}")
         os.makedirs(target)
         if not _mount("--bind", path, target):
             problems.append(f"{path} could not be reached")
