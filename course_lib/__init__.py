@@ -17,8 +17,11 @@ One module per idea; each function's docstring names the lesson that teaches it.
 - ``kernels``     lesson 05: a FlashAttention forward kernel in Triton (optional)
 - ``formats``     lesson 04: fp32, fp16, bf16 and fp8 bit by bit
 - ``quant``       lesson 04: absmax, zero-point, per-block, NF4 and LLM.int8()-style quantization
-- ``checks``      the checks that grade the exercises
-- ``grading``     release, autograde and self-check with nbgrader
+- ``checks``      the checks that grade the exercises (``checks.guard``: what each exercise's answer may not call)
+- ``grading``     release, autograde and self-check with nbgrader; the learner edition; notebook timings
+- ``autograde``   lesson 00: grading a notebook without trusting it (test cells judged in the grader)
+- ``sandbox``     lesson 00: the separate, isolated process a graded notebook's cells run in
+- ``wire``        lesson 00: the data that may come back from that process
 """
 
 __version__ = "0.1.0"
