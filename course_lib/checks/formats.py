@@ -74,18 +74,6 @@ def _same_float(got, expected: float) -> bool:
     return got == expected and math.copysign(1.0, got) == math.copysign(1.0, expected)
 
 
-def _call_explained(fn, *args, what: str, view_as: torch.dtype | None = None, **kwargs):
-    """:func:`common.call_explained`; ``view_as``: hand the tensors in ``args`` (bit patterns) over viewed as this dtype."""
-    return call_explained(_viewing_as(fn, view_as) if view_as is not None else fn, *args, what=what, **kwargs)
-
-
-def _viewing_as(fn, dtype: torch.dtype):
-    """``fn`` taking its tensor arguments as views of the given bit patterns in ``dtype``."""
-    def viewing(*args, **kwargs):
-        return fn(*(a.view(dtype) if isinstance(a, torch.Tensor) else a for a in args), **kwargs)
-    return viewing
-
-
 def _bf16_reference(x: torch.Tensor) -> torch.Tensor:
     return x.to(torch.bfloat16).to(torch.float32)
 
@@ -137,10 +125,10 @@ def check_round_to_bf16(round_to_bf16, seed: int | None = None, n: int = 20000) 
     x = torch.randn(third, generator=gen) * torch.exp(torch.randn(third, generator=gen) * 8)
     x = torch.cat([x, _random_float32_patterns(gen, third), _random_ties(gen, n - 2 * third)])
     what = f"round_to_bf16(x) for {n} random float32 values, ties among them (seed {seed})"
-    _expect_bf16(_call_explained(round_to_bf16, x, what=what), x, what)
+    _expect_bf16(call_explained(round_to_bf16, x, what=what), x, what)
     x = torch.randn(5, 4, 3, generator=gen).permute(2, 1, 0)
     what = f"round_to_bf16(x) for a (3, 4, 5) tensor x = torch.randn(5, 4, 3).permute(2, 1, 0), not contiguous (seed {seed})"
-    _expect_bf16(_call_explained(round_to_bf16, x, what=what), x, what)
+    _expect_bf16(call_explained(round_to_bf16, x, what=what), x, what)
 
 
 # Ties (low 16 bits 0x8000) and their neighbours (0x7FFF, 0x8001) for kept parts (sign, exponent,
@@ -157,22 +145,22 @@ def check_round_to_bf16_edge_cases(round_to_bf16) -> None:
     round_to_bf16 = watched(round_to_bf16, ROUND_TO_BF16)
     x = _float32_from_bits(TIE_PATTERNS)
     what = f"round_to_bf16(x) on exact ties and their neighbours, x = {_hex(x)}"
-    _expect_bf16(_call_explained(round_to_bf16, x, what=what), x, what)
+    _expect_bf16(call_explained(round_to_bf16, x, what=what), x, what)
     x = torch.cat([_float32_from_bits(EXTREME_PATTERNS), torch.tensor([3.14159265, -2.5e38, 1e-40, -1e-40])])
     what = f"round_to_bf16(x) on extremes x = {x.tolist()}"
-    _expect_bf16(_call_explained(round_to_bf16, x, what=what), x, what)
+    _expect_bf16(call_explained(round_to_bf16, x, what=what), x, what)
     for x, label in ((torch.tensor([-0.0]), "[-0.0]"), (torch.tensor([1.00390625]), "a single tie [1.00390625]"),
                      (torch.empty(0, 3), "an empty (0, 3) tensor"), (_float32_from_bits(TIE_PATTERNS[:24]).reshape(4, 6).t(), "transposed ties")):
         what = f"round_to_bf16(x) for {label}"
-        _expect_bf16(_call_explained(round_to_bf16, x, what=what), x, what)
+        _expect_bf16(call_explained(round_to_bf16, x, what=what), x, what)
     nans = _float32_from_bits([0x7FC00000, 0x7FFFFFFF, 0x7F80FFFF, 0x7FFF8000, 0xFFFFFFFF, 0x7F808000, 0xFF800001])
-    got = _call_explained(round_to_bf16, nans.view(torch.int32), what="round_to_bf16(x) for NaNs", view_as=torch.float32)
+    got = call_explained(round_to_bf16, nans, what="round_to_bf16(x) for NaNs")
     if type(got) is not torch.Tensor or got.dtype != torch.float32 or got.shape != nans.shape or not torch.isnan(got).all():
         raise AssertionError(
             "round_to_bf16 must keep every NaN a NaN: rounding a NaN's mantissa can carry into the exponent "
             f"and give inf or 0; for NaN bit patterns {_hex(nans)} got {got}"
         )
-    pi = _call_explained(round_to_bf16, torch.tensor([math.pi]), what="round_to_bf16(torch.tensor([math.pi]))")
+    pi = call_explained(round_to_bf16, torch.tensor([math.pi]), what="round_to_bf16(torch.tensor([math.pi]))")
     if pi.item() != formats.round_to(math.pi, formats.BF16):
         raise AssertionError(f"round_to_bf16(pi) should be {formats.round_to(math.pi, formats.BF16)}, got {pi.item()}")
     expect_same_device(round_to_bf16, torch.randn(4, 6).t(), what="round_to_bf16(x) for x on another device")
