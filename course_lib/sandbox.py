@@ -17,7 +17,8 @@ it runs as a plain process in a fresh folder, and :attr:`Sandbox.isolation` says
 
 A cell that runs past its time limit is interrupted; one that ignores the interrupt gets
 the process killed, and a new sandbox replays the cells before it (not that one), so it
-costs only its own cell.
+costs only its own cell. :class:`Limits` bounds the whole notebook too: CPU and wall time in
+all, address space, processes, file sizes, the working folder's size and the output kept.
 """
 
 from __future__ import annotations
@@ -26,6 +27,8 @@ import argparse
 import contextlib
 import functools
 import io
+import itertools
+import json
 import os
 import select
 import shutil
@@ -42,6 +45,56 @@ from course_lib import wire
 
 MAX_OUTPUT_CHARS = 100_000  # per cell; the rest is cut
 KEEP_DEVICES = ("null", "zero", "full", "random", "urandom")
+MiB = 1 << 20
+
+
+@dataclass
+class Limits:
+    """What one notebook may use in the sandbox, in all (the per-cell limit is ``Sandbox.timeout``).
+
+    - ``cpu_seconds``, ``wall_seconds``: CPU time of the sandbox's Python and elapsed time, over
+      every cell and call together; once spent, the remaining cells are not run and the
+      remaining calls fail at once.
+    - ``memory_mib``: address space of each of its processes (``RLIMIT_AS``); an allocation past
+      it fails with an out-of-memory error in the learner's cell.
+    - ``processes``: processes and threads of the sandbox's user (``RLIMIT_NPROC``; enforced where
+      the grader is root, which gives each sandbox a user of its own).
+    - ``file_mib``: the largest file it may write (``RLIMIT_FSIZE``); ``work_mib``: the size of
+      its working folder (a tmpfs, where namespaces are available).
+    - ``output_chars``: what is kept of everything its cells and calls print, in all.
+    """
+
+    cpu_seconds: float = 180
+    wall_seconds: float = 600
+    memory_mib: int = 3072
+    processes: int = 256
+    file_mib: int = 256
+    work_mib: int = 512
+    output_chars: int = 1_000_000
+
+    def apply(self) -> None:
+        """Set the resource limits of this process (inherited by every process it starts); Unix only."""
+        import resource
+
+        wanted = {
+            "RLIMIT_AS": self.memory_mib * MiB, "RLIMIT_FSIZE": self.file_mib * MiB, "RLIMIT_CORE": 0,
+            "RLIMIT_NOFILE": 1024, "RLIMIT_CPU": int(self.cpu_seconds) + 30,
+        }
+        if os.environ.get("COURSE_SANDBOX_UID") is not None:  # a user of its own: count its processes
+            wanted["RLIMIT_NPROC"] = self.processes
+        for name, value in wanted.items():
+            kind = getattr(resource, name, None)
+            if kind is None:
+                continue
+            soft, hard = resource.getrlimit(kind)
+            value = value if hard == resource.RLIM_INFINITY else min(value, hard)
+            with contextlib.suppress(ValueError, OSError):
+                resource.setrlimit(kind, (value, value))
+
+    def describe(self) -> str:
+        return (f"{self.cpu_seconds:g} s of CPU time and {self.wall_seconds:g} s in all, {self.memory_mib} MiB of "
+                f"address space, {self.processes} processes, files up to {self.file_mib} MiB, a {self.work_mib} MiB "
+                f"working folder, {self.output_chars:,} characters of output")
 
 
 # =========================================================================== inside the sandbox
@@ -185,6 +238,9 @@ class _Server:
 
 def _serve_main(read_fd: int, write_fd: int, isolation: str) -> None:
     os.environ.setdefault("MPLBACKEND", "Agg")
+    limits = os.environ.pop("COURSE_SANDBOX_LIMITS", None)
+    if limits and sys.platform != "win32":
+        Limits(**json.loads(limits)).apply()
     server = _Server(read_fd, write_fd)
     server.reply({"ok": True, "ready": True, "isolation": isolation, "pid": os.getpid()})
     server.serve()
@@ -263,6 +319,7 @@ def _isolate(workdir: str, hide: list[str], reach: list[str]) -> list[str]:
         _mount("--bind", f"{stage}/{name}", f"/dev/{name}")
     os.makedirs("/dev/shm", exist_ok=True)
     _mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", "/dev/shm")
+    problems += _small_workdir(workdir, stage)
     for point in sorted(set(_mount_points()), key=len):
         if point == "/proc" or point.startswith(("/proc/", "/dev")):
             continue
@@ -282,11 +339,32 @@ def _isolate(workdir: str, hide: list[str], reach: list[str]) -> list[str]:
     return problems
 
 
+def _small_workdir(workdir: str, stage: str) -> list[str]:
+    """Put a tmpfs of ``COURSE_SANDBOX_WORK_MIB`` MiB over the working folder, holding a copy of its files."""
+    size = os.environ.get("COURSE_SANDBOX_WORK_MIB")
+    if not size:
+        return []
+    holder = tempfile.mkdtemp(prefix="work-", dir=stage)
+    uid = os.environ.get("COURSE_SANDBOX_UID")
+    owner = f",uid={uid},gid={uid},mode=700" if uid is not None else ",mode=777"
+    if not _mount("-t", "tmpfs", "-o", f"size={int(size)}m,nosuid,nodev{owner}", "tmpfs", holder):
+        return ["the working folder's size could not be limited"]
+    for item in Path(workdir).iterdir():
+        if str(item) != stage:
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, Path(holder) / item.name)
+    if uid is not None:  # the learner's files are the learner's, as in their own kernel
+        for item in Path(holder).rglob("*"):
+            os.lchown(item, int(uid), int(uid))
+    if not _mount("--move", holder, workdir):
+        return ["the working folder's size could not be limited"]
+    return []
+
+
 def _isolate_main(args) -> None:
     problems = _isolate(args.workdir, args.hide, args.reach)
     os.chdir(args.workdir)  # the folder as now mounted (writable), not the read-only one below it
     unprivileged = os.environ.get("COURSE_SANDBOX_UID") is not None
-    who = "user nobody" if unprivileged else "no capabilities"
+    who = f"a user of its own (uid {os.environ['COURSE_SANDBOX_UID']})" if unprivileged else "no capabilities"
     isolation = f"namespaces (mount, pid, network), read-only filesystem, instructor files hidden, {who}"
     if problems:
         isolation += "; but " + "; ".join(problems)
@@ -337,6 +415,24 @@ class CallResult:
     timed_out: bool = False
 
 
+_sandboxes_started = itertools.count()
+
+
+def _own_uid() -> int:
+    """A user id that no account and no other sandbox has: from this process's id and a count of its sandboxes."""
+    return 3_000_000_000 + os.getpid() * 64 + next(_sandboxes_started) % 64
+
+
+def _die_with_parent() -> None:
+    """In the child, before it runs: be killed when the grader's process ends (Linux), so that no sandbox outlives it."""
+    if sys.platform != "linux":
+        return
+    import ctypes
+
+    with contextlib.suppress(Exception):
+        ctypes.CDLL(None, use_errno=True).prctl(1, signal.SIGKILL)  # PR_SET_PDEATHSIG
+
+
 def _needed_paths() -> list[str]:
     """What the sandbox's Python must read: the interpreter, its packages and course_lib."""
     paths = {sys.prefix, sys.base_prefix, str(Path(__file__).resolve().parents[1]), os.path.realpath(sys.executable)}
@@ -369,21 +465,31 @@ class Sandbox:
     """
 
     def __init__(self, hide=(), files: Path | None = None, timeout: float = 60, wall_timeout: float | None = None,
-                 grace: float = 5):
+                 grace: float = 5, limits: Limits | None = None):
         self.hide = [str(Path(p).resolve()) for p in hide]
         self.files = files
         self.timeout, self.grace = timeout, grace
         self.wall_timeout = wall_timeout if wall_timeout is not None else 10 * timeout
+        self.limits = limits or Limits()
+        self.cpu_used = self.wall_used = 0.0  # by every cell and call so far (replays included)
+        self.output_left = self.limits.output_chars
         self.history: list[str] = []  # cells to replay after a restart
         self.isolation = "not started"
         self.restarts = 0
         self.proc: subprocess.Popen | None = None
+        # where the grader is root, each sandbox runs as a user of its own (no name, no files, no
+        # other processes), so that its process limit counts only its own processes
+        self.uid = _own_uid() if os.geteuid() == 0 else None
         self.workdir = tempfile.mkdtemp(prefix="course-sandbox-")
-        os.chmod(self.workdir, 0o777)
         if files is not None and Path(files).is_dir():
             for item in Path(files).iterdir():
                 if item.suffix != ".ipynb" and item.name != ".ipynb_checkpoints":
                     (shutil.copytree if item.is_dir() else shutil.copy2)(item, Path(self.workdir) / item.name)
+        if self.uid is not None:  # only this sandbox's user may enter its folder
+            os.chown(self.workdir, self.uid, self.uid)
+            os.chmod(self.workdir, 0o700)
+        else:
+            os.chmod(self.workdir, 0o777)
         self._start()
 
     # ----------------------------------------------------------------- process
@@ -404,7 +510,7 @@ class Sandbox:
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(command, pass_fds=(to_child_r, from_child_w), cwd=self.workdir, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                                     start_new_session=True)
+                                     start_new_session=True, preexec_fn=_die_with_parent)
         os.close(to_child_r)
         os.close(from_child_w)
         self._to, self._from = to_child_w, from_child_r
@@ -418,8 +524,11 @@ class Sandbox:
 
     def _environment(self) -> dict:
         env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_"))}
-        if os.geteuid() == 0:  # the grader is root: the sandbox runs as nobody
-            env["COURSE_SANDBOX_UID"] = "65534"
+        if self.uid is not None:  # the grader is root: the sandbox runs as a user of its own
+            env["COURSE_SANDBOX_UID"] = str(self.uid)
+        limits = {k: getattr(self.limits, k) for k in ("cpu_seconds", "memory_mib", "processes", "file_mib")}
+        env["COURSE_SANDBOX_LIMITS"] = json.dumps(limits)
+        env["COURSE_SANDBOX_WORK_MIB"] = str(self.limits.work_mib)
         package_parent = str(Path(__file__).resolve().parents[1])
         # one thread: CPU time then measures the work, not threads spinning while they wait for a core
         env.setdefault("OMP_NUM_THREADS", "1")
@@ -536,13 +645,32 @@ class Sandbox:
         the interrupt), "killed" (it ignored the interrupt) or "died" (the process ended on its
         own). After "killed" or "died" the sandbox is restarted and its history replayed.
         """
+        cpu_left = self.limits.cpu_seconds - self.cpu_used
+        wall_left = self.limits.wall_seconds - self.wall_used
+        if cpu_left <= 0 or wall_left <= 0:
+            return None, "spent"
+        cpu_limit, wall_limit = min(self.timeout, cpu_left), min(self.wall_timeout, wall_left)
+        self._budget_bound = cpu_limit < self.timeout or wall_limit < self.wall_timeout
+        pid, cpu_before, wall_before = self._pid, self._cpu_seconds(), time.monotonic()
+        reply, how = self._exchange_within(message, cpu_limit, wall_limit)
+        wall = time.monotonic() - wall_before
+        cpu_after = self._cpu_seconds() if self._pid == pid and how in ("ok", "interrupted") else None
+        self.wall_used += wall
+        if cpu_before is not None and cpu_after is not None:
+            self.cpu_used += max(0.0, cpu_after - cpu_before)
+        else:  # the process was killed or died, and its count with it: charge what it was given, at most
+            self.cpu_used += min(cpu_limit, wall)
+        if how in ("killed", "died"):
+            self.restart()
+        return reply, how
+
+    def _exchange_within(self, message: dict, cpu_seconds: float, wall_seconds: float) -> tuple[dict | None, str]:
         self._in_sync = True
         try:
             self._send(message)
         except OSError:
-            self.restart()
             return None, "died"
-        reply = self._receive(self._budget(self.timeout, self.wall_timeout))
+        reply = self._receive(self._budget(cpu_seconds, wall_seconds))
         if reply is not None:
             return reply, "ok"
         if self._in_sync and self.proc.poll() is None:
@@ -555,7 +683,7 @@ class Sandbox:
             how = "killed"
         else:
             how = "died"
-        self.restart()
+        self._kill()
         return None, how
 
     def restart(self) -> None:
@@ -572,14 +700,14 @@ class Sandbox:
     def run_cell(self, source: str, remember: bool = True) -> CellResult:
         """Run one code cell; past the time limit it is interrupted (or the process killed) and reported."""
         reply, how = self._exchange({"op": "cell", "source": source})
-        if how in ("killed", "died"):
-            return CellResult(False, error=_stopped(how, "the cell", self.timeout), timed_out=how == "killed")
+        if how in ("killed", "died", "spent"):
+            return CellResult(False, error=self._stopped(how, "the cell"), timed_out=how != "died")
         if remember:
             self.history.append(source)
-        result = CellResult(bool(reply.get("ok")), str(reply.get("stdout", "")), str(reply.get("stderr", "")),
+        result = CellResult(bool(reply.get("ok")), self._keep(reply.get("stdout")), self._keep(reply.get("stderr")),
                             reply.get("error"), how == "interrupted")
         if how == "interrupted":
-            result.ok, result.error = False, _stopped(how, "the cell", self.timeout)
+            result.ok, result.error = False, self._stopped(how, "the cell")
         return result
 
     def call(self, name: str, args: tuple, kwargs: dict, rules: dict | None = None) -> CallResult:
@@ -587,10 +715,28 @@ class Sandbox:
         reply, how = self._exchange({"op": "call", "name": name, "args": tuple(args), "kwargs": dict(kwargs),
                                      "rules": rules})
         if how != "ok":
-            return CallResult(False, error=_stopped(how, name, self.timeout), timed_out=how != "died")
+            return CallResult(False, error=self._stopped(how, name), timed_out=how != "died")
         return CallResult(bool(reply.get("ok")), reply.get("value"), reply.get("error"), reply.get("violations"),
                           list(reply.get("args") or []), dict(reply.get("kwargs") or {}),
-                          str(reply.get("stdout", "")), str(reply.get("stderr", "")))
+                          self._keep(reply.get("stdout")), self._keep(reply.get("stderr")))
+
+    def _keep(self, text) -> str:
+        """What is kept of ``text`` printed by the learner's code: the notebook's output limit counts it all."""
+        text = str(text or "")
+        if len(text) <= self.output_left:
+            self.output_left -= len(text)
+            return text
+        kept, self.output_left = text[:max(self.output_left, 0)], 0
+        return kept + f"\n[output cut: the notebook printed more than {self.limits.output_chars:,} characters in all]\n"
+
+    def _stopped(self, how: str, what: str) -> dict:
+        """The error a cell or call gets when it was stopped (or its process ended)."""
+        if how == "spent" or (how in ("interrupted", "killed") and self._budget_bound):
+            limits = self.limits
+            text = (f"the notebook has used its whole time budget ({limits.cpu_seconds:g} s of CPU time, "
+                    f"{limits.wall_seconds:g} s in all), so {what} " + ("was not run" if how == "spent" else "was stopped"))
+            return {"ename": "BudgetSpentError", "evalue": text, "traceback": ""}
+        return _stopped(how, what, self.timeout)
 
 
 def _stopped(how: str, what: str, timeout: float) -> dict:

@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from course_lib import wire
-from course_lib.sandbox import Sandbox, namespaces_available
+from course_lib.sandbox import Limits, Sandbox, namespaces_available
 from tests.conftest import REPO
 
 pytestmark = pytest.mark.timeout(300)
@@ -119,8 +119,11 @@ def test_the_sandbox_cannot_see_hidden_files_write_outside_its_folder_or_reach_t
     assert not (REPO / "written-by-a-submission").exists()
     assert sandbox.run_cell("open('mine.txt', 'w').write('ok')").ok  # its own folder is writable
     assert sandbox.run_cell("print(sorted(os.listdir('/dev')))").stdout.strip() == str(sorted(["full", "null", "random", "shm", "urandom", "zero"]))
-    if os.geteuid() == 0:
-        assert sandbox.run_cell("print(os.getuid())").stdout == "65534\n"
+    if os.geteuid() == 0:  # a user of its own, who may not enter another sandbox's folder
+        assert sandbox.run_cell("print(os.getuid())").stdout == f"{sandbox.uid}\n"
+        with Sandbox(timeout=3) as other:
+            assert other.uid != sandbox.uid
+            assert not sandbox.run_cell(f"os.listdir({other.workdir!r})").ok
 
 
 def _processes_running(marker: str) -> list[int]:
@@ -159,3 +162,82 @@ def test_without_namespaces_it_still_runs_and_says_so(monkeypatch):
             assert box.run_cell("print(6 * 7)").stdout == "42\n"
     finally:
         namespaces_available.cache_clear()
+
+
+# --------------------------------------------------------------------------- limits for the whole notebook
+
+
+def test_the_time_budget_counts_every_cell_and_then_no_cell_runs():
+    with Sandbox(timeout=2, grace=2, limits=Limits(cpu_seconds=3, wall_seconds=60)) as box:
+        first = box.run_cell("while True:\n    pass")
+        assert first.timed_out and first.error["ename"] == "CellTimeoutError"
+        second = box.run_cell("while True:\n    pass")  # one second is left: the budget stops it
+        assert second.timed_out and second.error["ename"] == "BudgetSpentError" and "stopped" in second.error["evalue"]
+        third = box.run_cell("print('never')")
+        assert not third.ok and "was not run" in third.error["evalue"] and third.stdout == ""
+        assert not box.call("print", (1,), {}).ok
+        assert 3 <= box.cpu_used < 5
+
+
+def test_the_wall_clock_budget_stops_a_notebook_that_waits():
+    with Sandbox(timeout=30, limits=Limits(wall_seconds=3)) as box:
+        start = time.monotonic()
+        result = box.run_cell("import time\ntime.sleep(60)")
+        assert result.error["ename"] == "BudgetSpentError" and time.monotonic() - start < 20
+        assert box.run_cell("print(1)").error["ename"] == "BudgetSpentError"
+
+
+def test_output_is_bounded_for_the_whole_notebook():
+    with Sandbox(timeout=5, limits=Limits(output_chars=1000)) as box:
+        assert box.run_cell("print('a' * 599)").stdout == "a" * 599 + "\n"
+        cut = box.run_cell("print('b' * 599)").stdout
+        assert cut.startswith("b" * 400) and "b" * 401 not in cut and "output cut" in cut
+        assert "output cut" in box.run_cell("print('c')").stdout
+
+
+@pytest.fixture(scope="module")
+def small():
+    with Sandbox(timeout=20, limits=Limits(memory_mib=1536, file_mib=8, work_mib=32, processes=64)) as box:
+        yield box
+
+
+def test_an_allocation_past_the_memory_limit_fails_in_its_cell(small):
+    result = small.run_cell("import torch\nx = torch.empty(2 * 2**30, dtype=torch.uint8)")
+    assert not result.ok and "allocate" in result.error["evalue"], result.error
+    assert small.run_cell("y = bytearray(2 * 2**30)").error["ename"] == "MemoryError"
+    assert small.run_cell("z = torch.ones(1000)\nprint(int(z.sum()))").stdout == "1000\n"
+
+
+def test_a_file_past_the_size_limit_cannot_be_written(small):
+    result = small.run_cell("open('big', 'wb').write(b'x' * (9 * 2**20))")
+    assert not result.ok and "File too large" in result.error["evalue"], result.error
+    assert small.run_cell("open('fine', 'wb').write(b'x' * 2**20)").ok
+
+
+@pytest.mark.skipif(not namespaces_available(), reason="the working folder is a tmpfs only with namespaces")
+def test_the_working_folder_has_a_size(small):
+    cell = "for i in range(6):\n    open(f'part{i}', 'wb').write(b'x' * (7 * 2**20))"
+    result = small.run_cell(cell)
+    assert not result.ok and "No space left" in result.error["evalue"], result.error
+
+
+@pytest.mark.skipif(os.geteuid() != 0 or not namespaces_available(), reason="the process limit needs a user of its own (a root grader)")
+def test_a_fork_bomb_meets_the_process_limit(small):
+    cell = """
+import os, time
+children = []
+try:
+    for _ in range(200):
+        pid = os.fork()
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+        children.append(pid)
+except OSError as err:
+    print("stopped after", len(children), type(err).__name__)
+for pid in children:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+"""
+    out = small.run_cell(cell).stdout
+    assert out.startswith("stopped after") and int(out.split()[2]) < 64, out
