@@ -19,10 +19,17 @@ c.CourseDirectory.release_directory = "notebooks"
 # Autograding runs the learner's cells in a sandboxed process and judges each locked test
 # cell in the grader's own process (course_lib/autograde.py): nbgrader's Execute, which runs
 # the tests inside the learner's kernel, is replaced.
-from course_lib.autograde import TrustedExecute  # noqa: E402
+from course_lib.autograde import RestoreCells, TrustedExecute  # noqa: E402
 from nbconvert.preprocessors import ClearMetadataPreprocessor  # noqa: E402
-from nbgrader.preprocessors import AssignLatePenalties, CheckCellMetadata, IgnorePattern, LimitOutput, SaveAutoGrades  # noqa: E402
+from nbgrader.preprocessors import (  # noqa: E402
+    AssignLatePenalties, CheckCellMetadata, ClearOutput, IgnorePattern, LimitOutput, OverwriteCells, OverwriteKernelspec,
+    SaveAutoGrades,
+)
 
+# Before grading, every cell of the release with a grade id is made to appear once, as released
+# (duplicated, renamed, retyped or deleted cells are set right, and each such change is one line
+# in the log and in the class report); nbgrader's DeduplicateIds is replaced.
+c.Autograde.sanitize_preprocessors = [ClearOutput, RestoreCells, OverwriteKernelspec, OverwriteCells, CheckCellMetadata]
 c.Autograde.autograde_preprocessors = [
     TrustedExecute, IgnorePattern, ClearMetadataPreprocessor, LimitOutput, SaveAutoGrades, AssignLatePenalties, CheckCellMetadata,
 ]
@@ -31,6 +38,25 @@ c.Autograde.autograde_preprocessors = [
 # (or its process stopped and the cells before it run again), it fails, and grading goes on
 # with the next cell. CPU time, so that a busy machine does not fail honest work.
 c.TrustedExecute.timeout = 60
+# The whole notebook, all cells and calls together (INSTRUCTORS.md: "Limits"): past the CPU or
+# wall-time budget the remaining cells are not run and the remaining checks fail.
+c.TrustedExecute.notebook_cpu_seconds = 180
+c.TrustedExecute.notebook_wall_seconds = 600
+c.TrustedExecute.memory_mib = 3072
+c.TrustedExecute.processes = 256
+c.TrustedExecute.output_chars = 1_000_000
+
+# Feedback shows what each check printed and why it failed, never the hidden tests' source.
+from course_lib.autograde import HideHiddenTests  # noqa: E402
+from nbconvert.preprocessors import CSSHTMLHeaderPreprocessor  # noqa: E402
+from nbgrader.preprocessors import GetGrades  # noqa: E402
+
+c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPreprocessor]
+
+# `nbgrader zip_collect LESSON`: files downloaded from a learning platform, named
+# STUDENT_anything_NN_topic.ipynb (Canvas: login_userid_attachmentid_NN_topic.ipynb), put in
+# downloaded/LESSON/archive/ (zip archives of them too).
+c.FileNameCollectorPlugin.named_regexp = r"^(?P<student_id>[A-Za-z0-9.@-]+)_(?:.*_)?(?P<file_id>\d\d_[a-z0-9_]+\.ipynb)$"
 # nbgrader's own Execute still runs `nbgrader validate` in the learner's kernel.
 c.Execute.timeout = 30
 c.Execute.interrupt_on_timeout = True

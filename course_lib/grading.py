@@ -390,12 +390,18 @@ def main(argv: list[str] | None = None) -> int:
     p_time.add_argument("--write", type=Path, help="also write the table to this Markdown file")
     p_edition = sub.add_parser("learner-edition", help="write a copy of the course without solutions and hidden tests")
     p_edition.add_argument("dest", type=Path, help="a new folder")
+    p_class = sub.add_parser("grade-class", help="grade every submission of a lesson in submitted/ (instructors)")
+    p_class.add_argument("lesson")
+    p_class.add_argument("--jobs", type=int, default=1, help="submissions graded at once (one CPU core each)")
+    p_class.add_argument("--student", action="append", help="grade only this learner (repeatable)")
+    p_rescore = sub.add_parser("rescore", help="write the scores in autograded/ into the gradebook again (instructors)")
+    p_rescore.add_argument("lesson")
     args = parser.parse_args(argv)
     # nbgrader 0.9.6 trips SQLAlchemy's session warnings on every autograde; they mean nothing here
     warnings.filterwarnings("ignore", message=".*not in session.*")
 
     root = course_root()
-    if args.command in ("release", "timings", "learner-edition") and not has_solutions(root):
+    if args.command in ("release", "timings", "learner-edition", "grade-class", "rescore") and not has_solutions(root):
         print(f"`{args.command}` needs solutions/: this is a learner edition of the course.", file=sys.stderr)
         return 2
     if args.command == "release":
@@ -420,6 +426,19 @@ def main(argv: list[str] | None = None) -> int:
         print(table)
         if args.write:
             args.write.write_text(header + table + "\n")
+        return 0
+    if args.command == "grade-class":
+        from course_lib import classroom
+
+        report = classroom.grade_class(args.lesson, root, jobs=args.jobs, students=args.student)
+        print(report.table())
+        print(f"\nwritten to {root / 'reports' / (report.lesson + '.md')}")
+        return 0
+    if args.command == "rescore":
+        from course_lib import classroom
+
+        for student, total in classroom.rescore(find_lesson(args.lesson, root), root).items():
+            print(f"{student}: {total:g}")
         return 0
     if args.command == "learner-edition":
         dest = write_learner_edition(args.dest, root)

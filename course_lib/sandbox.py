@@ -415,6 +415,21 @@ class CallResult:
     timed_out: bool = False
 
 
+def copy_plain_files(src: Path, dest: Path, skip=lambda path: False) -> None:
+    """Copy the regular files and folders under ``src`` into ``dest``; links and special files are left out.
+
+    A submitted folder is the learner's: a link in it could point at the instructor's files.
+    """
+    dest.mkdir(parents=True, exist_ok=True)
+    for item in src.iterdir():
+        if skip(item) or item.is_symlink():
+            continue
+        if item.is_dir():
+            copy_plain_files(item, dest / item.name, skip)
+        elif item.is_file():
+            shutil.copyfile(item, dest / item.name)
+
+
 _sandboxes_started = itertools.count()
 
 
@@ -482,9 +497,7 @@ class Sandbox:
         self.uid = _own_uid() if os.geteuid() == 0 else None
         self.workdir = tempfile.mkdtemp(prefix="course-sandbox-")
         if files is not None and Path(files).is_dir():
-            for item in Path(files).iterdir():
-                if item.suffix != ".ipynb" and item.name != ".ipynb_checkpoints":
-                    (shutil.copytree if item.is_dir() else shutil.copy2)(item, Path(self.workdir) / item.name)
+            copy_plain_files(Path(files), Path(self.workdir), skip=lambda p: p.suffix == ".ipynb" or p.name == ".ipynb_checkpoints")
         if self.uid is not None:  # only this sandbox's user may enter its folder
             os.chown(self.workdir, self.uid, self.uid)
             os.chmod(self.workdir, 0o700)
