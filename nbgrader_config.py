@@ -56,7 +56,8 @@ c.GenerateFeedback.preprocessors = [GetGrades, HideHiddenTests, CSSHTMLHeaderPre
 # `nbgrader zip_collect LESSON`: files downloaded from a learning platform, named
 # STUDENT_anything_NN_topic.ipynb (Canvas: login_userid_attachmentid_NN_topic.ipynb), put in
 # downloaded/LESSON/archive/ (zip archives of them too).
-c.FileNameCollectorPlugin.named_regexp = r"^(?P<student_id>[A-Za-z0-9.@-]+)_(?:.*_)?(?P<file_id>\d\d_[a-z0-9_]+\.ipynb)$"
+# nbgrader matches the pattern against the file's whole path.
+c.FileNameCollectorPlugin.named_regexp = r".*/(?P<student_id>[A-Za-z0-9.@-]+)_(?:[^/]*_)?(?P<file_id>\d\d_[a-z0-9_]+\.ipynb)$"
 # nbgrader's own Execute still runs `nbgrader validate` in the learner's kernel.
 c.Execute.timeout = 30
 c.Execute.interrupt_on_timeout = True

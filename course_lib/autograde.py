@@ -278,7 +278,9 @@ def restore_cells(nb: NotebookNode, expected: list[dict]) -> list[str]:
             continue
         before = {e["grade_id"] for e in expected[:number]}
         at = max((i + 1 for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") in before), default=0)
-        cell = NotebookNode(cell_type=want["cell_type"], source="", metadata={})
+        import nbformat
+
+        cell = (nbformat.v4.new_code_cell if want["cell_type"] == "code" else nbformat.v4.new_markdown_cell)()
         _set_as_released(cell, want)
         nb.cells.insert(at, cell)
         seen.add(want["grade_id"])
