@@ -22,6 +22,7 @@ One module per idea; each function's docstring names the lesson that teaches it.
 - ``autograde``   lesson 00: grading a notebook without trusting it (test cells judged in the grader)
 - ``sandbox``     lesson 00: the separate, isolated process a graded notebook's cells run in
 - ``wire``        lesson 00: the data that may come back from that process
+- ``classroom``   INSTRUCTORS.md: grading a class, each submission in its own process, with a report
 """
 
 __version__ = "0.1.0"

@@ -226,6 +226,22 @@ def read_submission(path: Path, lesson_ids: set[str], other_lessons: dict[str, s
     return nb
 
 
+def failure_reasons(nb: NotebookNode) -> dict[str, str]:
+    """grade_id -> the first line of the error shown by each graded test cell that failed."""
+    found = {}
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("grade") and cell.cell_type == "code":
+            for output in cell.get("outputs", []):
+                if output.get("output_type") == "error":
+                    text = f"{output.get('ename')}: {output.get('evalue', '')}".strip().rstrip(":")
+                    if text == "NotImplementedError":
+                        text += ": the answer is not written yet"
+                    found[meta["grade_id"]] = text.splitlines()[0][:160] if text else "failed"
+                    break
+    return found
+
+
 def without_hidden_tests(source: str) -> str:
     """A test cell's source as the learner's release has it: nbgrader's hidden-test region removed."""
     from nbgrader.preprocessors import ClearHiddenTests

@@ -43,7 +43,7 @@ from pathlib import Path
 
 from course_lib import grading
 from course_lib.autograde import BadSubmission, read_submission
-from course_lib.sandbox import copy_plain_files
+from course_lib.sandbox import copy_plain_files, die_with_parent
 
 STUDENT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._@-]{0,63}$")
 GRADER_MARGIN_SECONDS = 300  # beyond the notebook's own wall-time budget: starting Python, nbgrader, the checks
@@ -144,17 +144,6 @@ def ensure_assignment(root: Path, lesson: str) -> bool:
     return True
 
 
-def lesson_grade_ids(root: Path) -> dict[str, set[str]]:
-    """Lesson name -> the grade ids of its released notebook, for every lesson in ``notebooks/``."""
-    found = {}
-    for name in grading.lessons(root):
-        release = Path(root) / "notebooks" / name / f"{name}.ipynb"
-        if release.is_file():
-            cells = json.loads(release.read_text())["cells"]
-            found[name] = {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in cells} - {None}
-    return found
-
-
 # --------------------------------------------------------------------------- one submission
 
 
@@ -209,7 +198,7 @@ def grade_one(folder: Path, lesson: str, student: str, timeout: float) -> tuple[
     command = [sys.executable, "-m", "course_lib.classroom", "grade-one", str(folder), lesson, student]
     with open(folder / "grading.log", "w+") as log:
         proc = subprocess.Popen(command, cwd=folder, env=env, stdin=subprocess.DEVNULL, stdout=log, stderr=log,
-                                start_new_session=True)
+                                start_new_session=True, preexec_fn=die_with_parent)
         try:
             code = proc.wait(timeout)
         except subprocess.TimeoutExpired:
@@ -357,7 +346,7 @@ def grade_class(lesson: str, root: Path | None = None, jobs: int = 1, students: 
         ensure_assignment(root, lesson)
     url = _coursedir(root).db_url
     graded = graded_points(url, lesson)
-    lessons = lesson_grade_ids(root)
+    lessons = grading.lesson_grade_ids(root)
     submitted = _step_folder(root, "submitted")
     found = sorted(p.parent.name for p in submitted.glob(f"*/{lesson}") if p.is_dir() and not p.is_symlink())
     wanted = [s for s in found if students is None or s in students]

@@ -80,6 +80,17 @@ def find_lesson(prefix: str, root: Path | None = None) -> str:
     return matches[0]
 
 
+def lesson_grade_ids(root: Path) -> dict[str, set[str]]:
+    """Lesson name -> the grade ids of its released notebook, for every lesson in ``notebooks/``."""
+    found = {}
+    for name in lessons(root):
+        release = Path(root) / "notebooks" / name / f"{name}.ipynb"
+        if release.is_file():
+            cells = json.loads(release.read_text())["cells"]
+            found[name] = {c.get("metadata", {}).get("nbgrader", {}).get("grade_id") for c in cells} - {None}
+    return found
+
+
 # --------------------------------------------------------------------------- nbgrader
 
 
@@ -138,6 +149,8 @@ class Scores:
     lesson: str
     cells: dict[str, tuple[float, float]] = field(default_factory=dict)
     seconds: float = 0.0
+    reasons: dict[str, str] = field(default_factory=dict)  # grade_id -> why it scored 0 (the check's error)
+    notes: list[str] = field(default_factory=list)  # what was wrong with the notebook and set right before grading
 
     @property
     def score(self) -> float:
@@ -150,8 +163,12 @@ class Scores:
     def table(self) -> str:
         width = max([len(k) for k in self.cells] + [len("total")])
         lines = [f"{'exercise':<{width}}  points", "-" * (width + 10)]
-        lines += [f"{k:<{width}}  {s:g} / {m:g}" for k, (s, m) in self.cells.items()]
+        for k, (s, m) in self.cells.items():
+            why = self.reasons.get(k, "") if s < m else ""
+            lines.append(f"{k:<{width}}  {s:g} / {m:g}" + (f"    {why}" if why else ""))
         lines += ["-" * (width + 10), f"{'total':<{width}}  {self.score:g} / {self.max_score:g}"]
+        if self.notes:
+            lines += ["", "Set right before grading:"] + [f"- {note}" for note in self.notes]
         return "\n".join(lines)
 
 
@@ -162,12 +179,19 @@ def autograde(course: Path, lesson: str, notebook: Path, student: str = STUDENT)
     restored from the gradebook, so edits to them change nothing. Returns the scores
     read from the gradebook.
     """
+    import nbformat
     from nbgrader.api import Gradebook
+
+    from course_lib.autograde import failure_reasons, read_submission
 
     course = Path(course)
     target = course / "submitted" / student / lesson / f"{lesson}.ipynb"
     target.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(notebook, target)
+    known = lesson_grade_ids(course)
+    with contextlib.suppress(FileNotFoundError):
+        known = {**lesson_grade_ids(course_root()), **known}
+    # raises BadSubmission (one line) for a file that is not a notebook of this lesson
+    nbformat.write(read_submission(notebook, known.get(lesson, set()), known), target)
     start = time.perf_counter()
     with _venv_bin_on_path():
         api = _api(course)
@@ -179,6 +203,9 @@ def autograde(course: Path, lesson: str, notebook: Path, student: str = STUDENT)
         for grade_id in _graded_cell_ids(course / "notebooks" / lesson / f"{lesson}.ipynb"):
             grade = grades[grade_id]
             scores.cells[grade_id] = (float(grade.score), float(grade.max_score))
+    graded = nbformat.read(course / "autograded" / student / lesson / f"{lesson}.ipynb", as_version=4)
+    scores.reasons = failure_reasons(graded)
+    scores.notes = list(graded.metadata.get("course_grading", {}).get("notes", []))
     return scores
 
 
@@ -411,12 +438,21 @@ def main(argv: list[str] | None = None) -> int:
     if args.command in ("check", "grade"):
         lesson = find_lesson(args.lesson, root)
         notebook = args.notebook if args.command == "grade" else root / "notebooks" / lesson / f"{lesson}.ipynb"
+        if not Path(notebook).is_file():
+            print(f"There is no notebook at {notebook}.", file=sys.stderr)
+            return 1
         print(f"Grading {notebook} (a copy; your file is not changed) ...", flush=True)
-        if has_solutions(root):
-            scores = grade(notebook, lesson, root)
-        else:
-            print("Visible tests only: the hidden tests run when your instructor grades.", flush=True)
-            scores = grade_visible(notebook, lesson, root)
+        from course_lib.autograde import BadSubmission
+
+        try:
+            if has_solutions(root):
+                scores = grade(notebook, lesson, root)
+            else:
+                print("Visible tests only: the hidden tests run when your instructor grades.", flush=True)
+                scores = grade_visible(notebook, lesson, root)
+        except BadSubmission as err:
+            print(f"{notebook} cannot be graded as lesson {lesson}: {err}.", file=sys.stderr)
+            return 1
         print(scores.table())
         print(f"graded in {scores.seconds:.0f} s")
         return 0

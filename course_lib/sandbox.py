@@ -319,7 +319,7 @@ def _isolate(workdir: str, hide: list[str], reach: list[str]) -> list[str]:
         _mount("--bind", f"{stage}/{name}", f"/dev/{name}")
     os.makedirs("/dev/shm", exist_ok=True)
     _mount("-t", "tmpfs", "-o", "mode=1777,nosuid,nodev", "tmpfs", "/dev/shm")
-    problems += _small_workdir(workdir, stage)
+    problems += _small_workdir(workdir, stage, reach)
     for point in sorted(set(_mount_points()), key=len):
         if point == "/proc" or point.startswith(("/proc/", "/dev")):
             continue
@@ -339,23 +339,33 @@ def _isolate(workdir: str, hide: list[str], reach: list[str]) -> list[str]:
     return problems
 
 
-def _small_workdir(workdir: str, stage: str) -> list[str]:
-    """Put a tmpfs of ``COURSE_SANDBOX_WORK_MIB`` MiB over the working folder, holding a copy of its files."""
+def _small_workdir(workdir: str, stage: str, reach: list[str]) -> list[str]:
+    """Put the working folder, with a copy of its files, on a tmpfs of ``COURSE_SANDBOX_WORK_MIB`` MiB.
+
+    Where nothing the sandbox needs (the interpreter, ``course_lib``) lies beside the working
+    folder, the tmpfs covers the folder that holds it (``/tmp``), so that the working folders of
+    other sandboxes are out of sight as well.
+    """
     size = os.environ.get("COURSE_SANDBOX_WORK_MIB")
     if not size:
         return []
-    holder = tempfile.mkdtemp(prefix="work-", dir=stage)
+    parent = os.path.dirname(workdir)
+    covers_parent = not any(os.path.commonpath([parent, os.path.realpath(p)]) == parent for p in reach)
     uid = os.environ.get("COURSE_SANDBOX_UID")
-    owner = f",uid={uid},gid={uid},mode=700" if uid is not None else ",mode=777"
+    holder = tempfile.mkdtemp(prefix="work-", dir=stage)
+    owner = ",mode=755" if covers_parent else (f",uid={uid},gid={uid},mode=700" if uid is not None else ",mode=777")
     if not _mount("-t", "tmpfs", "-o", f"size={int(size)}m,nosuid,nodev{owner}", "tmpfs", holder):
         return ["the working folder's size could not be limited"]
+    inside = Path(holder) / os.path.basename(workdir) if covers_parent else Path(holder)
+    inside.mkdir(exist_ok=True)
     for item in Path(workdir).iterdir():
         if str(item) != stage:
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, Path(holder) / item.name)
+            (shutil.copytree if item.is_dir() else shutil.copy2)(item, inside / item.name)
     if uid is not None:  # the learner's files are the learner's, as in their own kernel
-        for item in Path(holder).rglob("*"):
+        for item in [inside, *inside.rglob("*")]:
             os.lchown(item, int(uid), int(uid))
-    if not _mount("--move", holder, workdir):
+    os.chmod(inside, 0o700 if uid is not None else 0o777)
+    if not _mount("--move", holder, parent if covers_parent else workdir):
         return ["the working folder's size could not be limited"]
     return []
 
@@ -438,7 +448,7 @@ def _own_uid() -> int:
     return 3_000_000_000 + os.getpid() * 64 + next(_sandboxes_started) % 64
 
 
-def _die_with_parent() -> None:
+def die_with_parent() -> None:
     """In the child, before it runs: be killed when the grader's process ends (Linux), so that no sandbox outlives it."""
     if sys.platform != "linux":
         return
@@ -523,7 +533,7 @@ class Sandbox:
         self._stderr = tempfile.TemporaryFile()
         self.proc = subprocess.Popen(command, pass_fds=(to_child_r, from_child_w), cwd=self.workdir, env=env,
                                      stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=self._stderr,
-                                     start_new_session=True, preexec_fn=_die_with_parent)
+                                     start_new_session=True, preexec_fn=die_with_parent)
         os.close(to_child_r)
         os.close(from_child_w)
         self._to, self._from = to_child_w, from_child_r

@@ -21,7 +21,9 @@ pytest.importorskip("nbgrader")
 import nbformat  # noqa: E402
 
 from course_lib import grading  # noqa: E402
-from course_lib.autograde import judge, learner_names  # noqa: E402
+from course_lib.autograde import (  # noqa: E402
+    BadSubmission, judge, learner_names, read_submission, released_cells, restore_cells, without_hidden_tests,
+)
 from tests.conftest import REPO  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(900)]
@@ -226,3 +228,108 @@ def test_a_check_error_is_reported_by_type_and_message_only():
     printed, error = judge("print('visible')\nassert 1 == 2, 'the message'\nsecret_hidden_line = 1", NoSandbox())
     assert printed == "visible\n"
     assert error == {"ename": "AssertionError", "evalue": "the message", "traceback": ["AssertionError: the message"]}
+
+
+# --------------------------------------------------------------------------- submissions that are not what they should be
+
+
+def grade_ids(nb) -> list[str]:
+    return [c.metadata["nbgrader"]["grade_id"] for c in nb.cells if "nbgrader" in c.metadata]
+
+
+@pytest.fixture(scope="module")
+def expected(course):
+    return released_cells(f"sqlite:///{course / 'gradebook.db'}", LESSON, LESSON)
+
+
+def test_the_release_as_it_is_needs_nothing_set_right(course, expected):
+    """The release lacks the hidden tests: restoring them is not an edit, so no tampering is reported."""
+    nb = release_with_answer(course, HONEST)
+    assert restore_cells(nb, expected) == []
+    (test,) = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_tensor_bytes"]
+    assert "check_tensor_bytes_edge_cases" in test.source  # the instructor's source, hidden tests included
+    for want in expected:
+        if want["locked"]:
+            assert without_hidden_tests(want["source"]) in [c.source for c in release_with_answer(course, HONEST).cells]
+
+
+@pytest.mark.parametrize("change, words", [
+    ("duplicate", "more than once"), ("rename", "unknown grade id"), ("retype", "had been changed"),
+    ("edit", "had been edited"), ("delete", "was missing"), ("points", "points"),
+])
+def test_each_wrong_cell_is_set_right_and_said_in_one_line(course, expected, change, words):
+    nb = release_with_answer(course, HONEST)
+    (index,) = [i for i, c in enumerate(nb.cells) if c.metadata.get("nbgrader", {}).get("grade_id") == "test_tensor_bytes"]
+    test = nb.cells[index]
+    if change == "duplicate":
+        nb.cells.insert(index + 1, nbformat.from_dict(json.loads(json.dumps(test))))
+    elif change == "rename":
+        test.metadata.nbgrader["grade_id"] = "mine"
+    elif change == "retype":
+        test.metadata.nbgrader.update(solution=True, locked=False)
+    elif change == "edit":
+        test.source = "pass"
+    elif change == "delete":
+        del nb.cells[index]
+    elif change == "points":
+        test.metadata.nbgrader["points"] = 100
+    notes = restore_cells(nb, expected)
+    assert any(words in note for note in notes) and all("\n" not in note for note in notes), notes
+    assert sorted(grade_ids(nb)) == sorted(e["grade_id"] for e in expected)  # each exactly once
+    (restored,) = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "test_tensor_bytes"]
+    want = next(e for e in expected if e["grade_id"] == "test_tensor_bytes")
+    assert restored.source == want["source"] and restored.metadata.nbgrader["points"] == want["points"]
+    assert restored.metadata.nbgrader["locked"] and not restored.metadata.nbgrader["solution"]
+    (answer,) = [c for c in nb.cells if c.metadata.get("nbgrader", {}).get("grade_id") == "tensor_bytes"]
+    assert answer.source == HONEST  # the learner's answer is kept
+    assert nb.cells.index(answer) < nb.cells.index(restored)
+
+
+@pytest.mark.parametrize("text, words", [
+    ("", "empty"), ("{not json", "not valid JSON"), ('{"a": 1}', "not a Jupyter notebook"),
+    ('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": []}', "no cells"),
+    ('{"nbformat": 4, "nbformat_minor": 5, "metadata": {}, "cells": [{"cell_type": "code", "source": "1", "metadata": {}}]}',
+     "none of the lesson's exercises"),
+])
+def test_a_file_that_is_not_the_lessons_notebook_gets_a_one_line_reason(tmp_path, text, words):
+    path = tmp_path / "nb.ipynb"
+    path.write_text(text)
+    with pytest.raises(BadSubmission, match=words):
+        read_submission(path, {"tensor_bytes", "test_tensor_bytes"}, {"01_attention": {"softmax"}})
+
+
+def test_another_lessons_notebook_is_named(tmp_path):
+    path = tmp_path / "nb.ipynb"
+    path.write_bytes((REPO / "notebooks" / "01_attention" / "01_attention.ipynb").read_bytes())
+    with pytest.raises(BadSubmission, match="lesson 01_attention"):
+        read_submission(path, {"tensor_bytes", "test_tensor_bytes"}, grading.lesson_grade_ids(REPO))
+
+
+def test_a_notebook_is_rebuilt_from_its_cells_only(tmp_path):
+    nb = nbformat.read(REPO / "notebooks" / LESSON / f"{LESSON}.ipynb", as_version=4)
+    nb.cells[0]["outputs"] = [{"output_type": "stream", "name": "stdout", "text": "x" * 1000}]
+    nb.cells[1].metadata["nbgrader"] = {"grade_id": "tensor_bytes", "evil": "y" * 1000}
+    nb.metadata["kernelspec"] = {"name": "not-python", "display_name": "x", "language": "bash"}
+    path = tmp_path / "nb.ipynb"
+    path.write_text(json.dumps(nb))
+    got = read_submission(path, {"tensor_bytes"})
+    assert got.metadata["kernelspec"]["name"] == "python3"
+    assert all(c.get("outputs", []) == [] for c in got.cells)
+    assert got.cells[1].metadata["nbgrader"] == {"grade_id": "tensor_bytes"}
+    assert [c.source for c in got.cells] == [c.source for c in nb.cells]
+
+
+def test_course_grade_says_why_a_file_cannot_be_graded_in_one_line(tmp_path):
+    path = tmp_path / "nb.ipynb"
+    path.write_text("{broken")
+    env = dict(os.environ, PATH=f"{Path(sys.executable).parent}{os.pathsep}{os.environ['PATH']}")
+    proc = subprocess.run([str(Path(sys.executable).parent / "course"), "grade", str(path), "00"], cwd=REPO, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 1 and "Traceback" not in proc.stderr
+    assert proc.stderr.strip().count("\n") == 0 and "not valid JSON" in proc.stderr
+
+
+def test_the_scores_table_says_why_an_exercise_scored_nothing(course, tmp_path):
+    scores = grade(course, tmp_path, "def tensor_bytes(t):\n    raise NotImplementedError()\n", "unwritten")
+    assert "NotImplementedError: the answer is not written yet" in scores.table()
+    assert scores.reasons == {"test_tensor_bytes": "NotImplementedError: the answer is not written yet"}

@@ -372,3 +372,13 @@ def test_scores_are_rederived_from_the_graded_notebooks_and_the_gradebook_is_bac
     assert count == len(klass["expected"])
     nbgrader("export", cwd=course)
     assert exported(course) == {s: float(p) for s, p in klass["expected"].items()}
+
+
+def test_the_instructor_guide_gives_the_commands_this_test_runs():
+    guide = (REPO / "INSTRUCTORS.md").read_text()
+    section = guide[guide.index("## Grading a class"):guide.index("## A learner edition")]
+    for command in ("make setup", "nbgrader release_assignment", "nbgrader fetch_assignment", "nbgrader submit",
+                    "course learner-edition", "nbgrader collect", "nbgrader zip_collect", "downloaded/01_attention/archive/",
+                    "course grade-class 01_attention --jobs 2", "--student", "nbgrader generate_feedback", "nbgrader export",
+                    "course rescore", "gradebook-backups/", "reports/01_attention.md"):
+        assert command in section, command
