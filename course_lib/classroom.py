@@ -18,7 +18,7 @@
    scores into the gradebook with nbgrader's own ``SaveAutoGrades``: the scores are
    re-derived from the graded notebook, so ``course rescore LESSON`` can do it again at any time;
 5. a report, one line per learner with what was wrong and what was spent, is printed and
-   written to ``reports/LESSON.md``.
+   written to ``reports/LESSON-TIME.md``.
 
 No learner code ever runs in this process or in a grader process: only in sandboxes.
 """
@@ -270,9 +270,8 @@ def record(root: Path, lesson: str, student: str, nb=None, timestamp=None) -> No
     url = _coursedir(root).db_url
     with Gradebook(url) as gb:
         gb.update_or_create_student(student)
-        with contextlib.suppress(Exception):
-            gb.remove_submission(lesson, student)
-        gb.add_submission(lesson, student, **({"timestamp": timestamp} if timestamp else {}))
+        # as nbgrader's autograde does: a grader's manual scores are kept (and flagged for review)
+        gb.update_or_create_submission(lesson, student, **({"timestamp": timestamp} if timestamp else {}))
         if nb is None:
             for grade in gb.find_submission_notebook(lesson, lesson, student).grades:
                 grade.auto_score, grade.needs_manual_grade = 0, False
@@ -320,6 +319,7 @@ class ClassReport:
     backup: Path | None
     seconds: float
     isolation: str = ""
+    path: Path | None = None  # where the report was written
 
     def table(self) -> str:
         lines = [f"# {self.lesson}: {len(self.outcomes)} submissions graded in {self.seconds:.0f} s", ""]
@@ -382,19 +382,19 @@ def grade_class(lesson: str, root: Path | None = None, jobs: int = 1, students: 
             for future in bar:
                 student, folder, log, code, seconds = future.result()
                 stamp = _timestamp(submitted / student / lesson)
-                if folder is None:  # log holds the reason
-                    outcome = _zero(student, graded, log)
-                    record(root, lesson, student, None, stamp)
-                else:
-                    outcome = collect_outcome(folder, lesson, student, graded, log, code)
-                    graded_folder = folder / "autograded" / student / lesson
-                    target = _step_folder(root, "autograded") / student / lesson
-                    shutil.rmtree(target, ignore_errors=True)
+                outcome = _zero(student, graded, log) if folder is None else (  # then log holds the reason
+                    collect_outcome(folder, lesson, student, graded, log, code))
+                target = _step_folder(root, "autograded") / student / lesson
+                shutil.rmtree(target, ignore_errors=True)
+                try:
                     if outcome.reason:
                         record(root, lesson, student, None, stamp)
                     else:
-                        copy_plain_files(graded_folder, target)
+                        copy_plain_files(folder / "autograded" / student / lesson, target)
                         record(root, lesson, student, nbformat.read(target / f"{lesson}.ipynb", as_version=4), stamp)
+                except Exception as err:  # noqa: BLE001  (say it on the learner's line; the class goes on)
+                    outcome.reason = f"the scores could not be written to the gradebook: {type(err).__name__}: {err}"[:300]
+                if folder is not None:
                     shutil.rmtree(folder, ignore_errors=True)
                 outcome.seconds = seconds
                 outcomes[student] = outcome
@@ -403,7 +403,9 @@ def grade_class(lesson: str, root: Path | None = None, jobs: int = 1, students: 
     isolation = next((o.sandbox.get("isolation") for o in outcomes.values() if o.sandbox.get("isolation")), "")
     report = ClassReport(lesson, [outcomes[s] for s in sorted(outcomes)], backup, time.perf_counter() - start, isolation)
     (root / "reports").mkdir(exist_ok=True)
-    (root / "reports" / f"{lesson}.md").write_text(report.table() + "\n")
+    stamp = datetime.datetime.now(datetime.timezone.utc).strftime("%Y%m%dT%H%M%SZ")
+    report.path = root / "reports" / f"{lesson}-{stamp}.md"
+    report.path.write_text(report.table() + "\n")
     return report
 
 

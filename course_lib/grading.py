@@ -468,7 +468,7 @@ def main(argv: list[str] | None = None) -> int:
 
         report = classroom.grade_class(args.lesson, root, jobs=args.jobs, students=args.student)
         print(report.table())
-        print(f"\nwritten to {root / 'reports' / (report.lesson + '.md')}")
+        print(f"\nwritten to {report.path}")
         return 0
     if args.command == "rescore":
         from course_lib import classroom
