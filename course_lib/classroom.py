@@ -261,11 +261,12 @@ def _timeout() -> float:
 def record(root: Path, lesson: str, student: str, nb=None, timestamp=None) -> None:
     """Write ``student``'s scores for ``lesson`` into the course's gradebook, from the graded notebook ``nb``.
 
-    nbgrader's own ``SaveAutoGrades`` derives them from the test cells' outputs. Without a
+    nbgrader's own ``SaveAutoGrades`` derives them from the test cells' outputs, and its
+    ``AssignLatePenalties`` applies the course's late-submission policy. Without a
     notebook (a submission that could not be graded) every graded cell gets 0.
     """
     from nbgrader.api import Gradebook
-    from nbgrader.preprocessors import SaveAutoGrades
+    from nbgrader.preprocessors import AssignLatePenalties, SaveAutoGrades
 
     url = _coursedir(root).db_url
     with Gradebook(url) as gb:
@@ -279,6 +280,8 @@ def record(root: Path, lesson: str, student: str, nb=None, timestamp=None) -> No
     if nb is not None:
         resources = {"nbgrader": {"notebook": lesson, "assignment": lesson, "student": student, "db_url": url}}
         SaveAutoGrades().preprocess(nb, resources)
+        # the late-submission policy of nbgrader_config.py (nbgrader's default: no penalty)
+        AssignLatePenalties(config=_config(root)).preprocess(nb, resources)
 
 
 def rescore(lesson: str, root: Path | None = None) -> dict[str, float]:
