@@ -1,0 +1,131 @@
+"""course_lib.distributed: every data-parallel strategy on real gloo process groups, equal to one process."""
+
+from __future__ import annotations
+
+import os
+import re
+import time
+
+import pytest
+import torch
+
+from course_lib import distributed as D
+
+pytestmark = pytest.mark.timeout(600)
+BATCHES = D.toy_batches(steps=3, batch=8)
+N_PARAMS = sum(p.numel() for p in D.tiny_mlp().parameters())  # 103, odd: the flat buffer needs padding
+
+
+@pytest.fixture(scope="module")
+def single():
+    return D.train(0, 1, "single", D.tiny_mlp, BATCHES)
+
+
+@pytest.fixture(scope="module", params=[2, 4], ids=lambda n: f"world{n}")
+def runs(request):
+    strategies = [s for s in D.STRATEGIES if s != "single"]
+    return request.param, D.run_workers(D.compare_strategies, request.param, strategies, D.tiny_mlp, BATCHES, timeout=300)
+
+
+@pytest.mark.parametrize("strategy", [s for s in D.STRATEGIES if s != "single"])
+def test_every_strategy_ends_with_the_weights_of_one_process(runs, single, strategy):
+    world, results = runs
+    for rank, result in enumerate(results):
+        got = result[strategy]
+        assert got.state.keys() == single.state.keys()
+        for key, want in single.state.items():
+            assert torch.allclose(got.state[key], want, rtol=0, atol=1e-12), (strategy, world, rank, key)
+        assert got.losses == pytest.approx(single.losses, abs=1e-12)
+
+
+def test_bytes_sent_per_rank_are_the_ring_formulas(runs):
+    world, results = runs
+    steps, share = len(BATCHES), (world - 1) / world
+    psi = N_PARAMS * 8  # float64
+    padded = D.padded_size(N_PARAMS, world) * 8
+    got = results[0]
+    assert got["dp"].bytes_sent == pytest.approx(2 * share * psi * steps)
+    assert got["ddp"].bytes_sent == pytest.approx(2 * share * psi * steps)  # counted in DDP's communication hook
+    for stage in (1, 2):
+        assert got[f"zero{stage}"].bytes_sent == pytest.approx(2 * share * padded * steps)
+    assert got["zero3"].bytes_sent == pytest.approx(3 * share * padded * steps)
+
+
+def test_what_each_rank_stores_shrinks_stage_by_stage(runs):
+    world, results = runs
+    psi, shard = N_PARAMS * 8, D.padded_size(N_PARAMS, world) // world * 8
+    got = results[0]
+    assert got["dp"].stored == {"parameters": psi, "gradients": psi, "optimizer": 2 * psi}
+    assert got["zero1"].stored["optimizer"] == 2 * shard and got["zero1"].stored["gradients"] == psi + shard
+    assert got["zero2"].stored["gradients"] == shard and got["zero2"].stored["parameters"] == world * shard + shard
+    assert got["zero3"].stored == {"parameters": shard, "gradients": shard, "optimizer": 2 * shard}
+    assert got["fsdp2"].stored["parameters"] < psi and got["fsdp2"].stored["optimizer"] < 2 * psi
+
+
+# --------------------------------------------------------------------------- a worker that fails
+
+
+def _children() -> list[int]:
+    """Worker processes of this process still running (multiprocessing's resource tracker is not one)."""
+    me, found = str(os.getpid()), []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z" and "spawn_main" in open(f"/proc/{entry}/cmdline").read():
+                found.append(int(entry))
+    return found
+
+
+@pytest.mark.parametrize("how, words", [("raise", "rank 1 raised"), ("die", "rank 1 died (exit code 7)"),
+                                        ("hang", "did not finish within")])
+def test_a_failing_worker_ends_the_run_naming_its_rank_and_leaves_no_process(how, words):
+    before = set(_children())
+    start = time.monotonic()
+    with pytest.raises(D.WorkerError, match=r"rank") as err:
+        D.run_workers(D.misbehave, 3, how, 1, timeout=20)
+    assert words in str(err.value), str(err.value)
+    if how == "raise":
+        assert "ran out of data" in str(err.value)  # its traceback
+    if how == "hang":  # where each rank was stuck: the bad one asleep, the others waiting for it
+        assert re.search(r"rank 1: File .*line \d+ in misbehave", str(err.value)), str(err.value)
+        assert re.search(r"rank 0: File .*in barrier", str(err.value)), str(err.value)
+    assert time.monotonic() - start < 60
+    time.sleep(0.5)
+    assert set(_children()) - before == set()
+
+
+def test_healthy_workers_return_in_rank_order():
+    assert D.run_workers(D.misbehave, 3, "none", timeout=60) == [0, 1, 2]
+
+
+def test_world_size_is_checked():
+    with pytest.raises(ValueError, match="world_size"):
+        D.run_workers(D.misbehave, 0, "none")
+
+
+# --------------------------------------------------------------------------- the flat buffer and the formulas
+
+
+@pytest.mark.parametrize("numel, world", [(103, 2), (103, 4), (8, 4), (1, 3)])
+def test_shards_are_equal_padded_pieces_that_join_back(numel, world):
+    flat = torch.arange(numel, dtype=torch.float32) + 1
+    shards = [D.shard(flat, r, world) for r in range(world)]
+    assert {s.numel() for s in shards} == {D.padded_size(numel, world) // world}
+    assert torch.equal(D.unshard(shards, numel), flat)
+    assert torch.count_nonzero(torch.cat(shards)) == numel  # the padding is zeros
+
+
+def test_shard_refuses_what_it_cannot_cut():
+    with pytest.raises(ValueError, match="1-D"):
+        D.shard(torch.zeros(2, 3), 0, 2)
+    with pytest.raises(ValueError, match="rank"):
+        D.shard(torch.zeros(4), 2, 2)
+
+
+def test_the_zero_papers_figure_for_a_7_5b_model_on_64_gpus():
+    """Rajbhandari et al. (2020), figure 1: 120 GB, 31.4 GB, 16.6 GB and 1.9 GB per GPU."""
+    got = [D.zero_bytes_per_rank(7.5e9, 64, stage) / 1e9 for stage in range(4)]
+    assert [round(x, 1) for x in got] == [120.0, 31.4, 16.6, 1.9]
