@@ -1,7 +1,13 @@
 """Lesson 07: data-parallel training on real process groups: DDP, ZeRO 1-3 and FSDP2, measured.
 
 Every strategy here runs in real worker processes that talk through ``torch.distributed``
-(gloo on CPU, NCCL on CUDA). :func:`run_workers` starts them from a notebook or a test.
+(gloo on CPU, NCCL on CUDA). :func:`run_workers` starts them from a notebook or a test;
+torchrun starts the same training entry point (:func:`main`) on one machine or several::
+
+    torchrun --standalone --nproc_per_node=2 -m course_lib.distributed --strategy ddp
+    # two machines, 8 processes each; run on both, with the first one's address:
+    torchrun --nnodes=2 --nproc_per_node=8 --rdzv-backend=c10d --rdzv-endpoint=HOST:29500 \
+        -m course_lib.distributed --strategy fsdp2
 
 From scratch, on the collectives themselves:
 
@@ -28,6 +34,7 @@ import multiprocessing
 import os
 import queue
 import signal
+import sys
 import tempfile
 import time
 import traceback
@@ -71,6 +78,9 @@ def _worker(rank: int, world_size: int, store_path: str, fn, args, results) -> N
         if joined:
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
+    results.close()
+    results.join_thread()  # the message is out of this process
+    os._exit(0)  # past the interpreter's teardown, where gloo's threads sometimes abort
 
 
 def run_workers(fn, world_size: int, *args, timeout: float = 120.0) -> list:
@@ -319,7 +329,7 @@ def _local_batch(batch: tuple[torch.Tensor, torch.Tensor], rank: int, world_size
 
 
 def train(rank: int, world_size: int, strategy: str, make_model, batches, lr: float = 1e-2,
-          bucket_bytes: int = 1 << 16) -> Result:
+          bucket_bytes: int = 1 << 16, device: str | torch.device = "cpu") -> Result:
     """Train ``make_model()`` on ``batches`` (a list of global ``(x, y)`` batches) with Adam and ``strategy``.
 
     Runs in a worker of :func:`run_workers` (or alone, for ``"single"``). Each rank takes its
@@ -329,7 +339,8 @@ def train(rank: int, world_size: int, strategy: str, make_model, batches, lr: fl
     if strategy not in STRATEGIES:
         raise ValueError(f"strategy must be one of {STRATEGIES}, got {strategy!r}")
     torch.manual_seed(0)
-    model = make_model()
+    model = make_model().to(device)
+    batches = [(x.to(device), y.to(device)) for x, y in batches]
     comm = Comm(world_size)
     losses = []
     if strategy in ("single", "dp", "ddp"):
@@ -351,7 +362,7 @@ def train(rank: int, world_size: int, strategy: str, make_model, batches, lr: fl
         stored = {"parameters": _storage_bytes(model.parameters()),
                   "gradients": _storage_bytes(p.grad for p in model.parameters()),
                   "optimizer": _optimizer_bytes(optimizer)}
-        state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+        state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     elif strategy in ("zero1", "zero2", "zero3"):
         state, losses, stored = _train_zero(rank, world_size, int(strategy[-1]), model, batches, lr, comm)
     else:
@@ -477,7 +488,7 @@ def _train_zero(rank, world_size, stage, model, batches, lr, comm):
     if stage == 3:
         flat.gather(comm, local)
         comm.calls.pop()  # gathering the weights to return them is not part of training
-    state = {k: v.detach().clone() for k, v in model.state_dict().items()}
+    state = {k: v.detach().cpu().clone() for k, v in model.state_dict().items()}
     return state, losses, stored
 
 
@@ -501,7 +512,7 @@ def _train_fsdp2(rank, world_size, model, batches, lr):
     stored = {"parameters": _storage_bytes(model.parameters()),
               "gradients": _storage_bytes(p.grad for p in model.parameters()),
               "optimizer": _optimizer_bytes(optimizer)}
-    state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().clone() for k, v in model.state_dict().items()}
+    state = {k: (v.full_tensor() if hasattr(v, "full_tensor") else v).detach().cpu().clone() for k, v in model.state_dict().items()}
     return state, losses, stored
 
 
@@ -520,3 +531,48 @@ def zero_bytes_per_rank(n_params: float, world_size: int, stage: int, k: int = 1
         raise ValueError(f"stage must be 0, 1, 2 or 3, got {stage!r}")
     w, g, o, n = weight_bytes * n_params, grad_bytes * n_params, k * n_params, world_size
     return (w + g + o, w + g + o / n, w + (g + o) / n, (w + g + o) / n)[stage]
+
+
+# =========================================================================== torchrun's entry point
+
+
+def main(argv: list[str] | None = None) -> int:
+    """``torchrun ... -m course_lib.distributed``: train the toy model with one strategy, print what rank 0 measured.
+
+    torchrun sets RANK, WORLD_SIZE, LOCAL_RANK, MASTER_ADDR and MASTER_PORT; the group uses
+    NCCL on GPUs (one per process, by LOCAL_RANK) and gloo on CPUs.
+    """
+    import argparse
+    import json
+
+    parser = argparse.ArgumentParser(prog="torchrun ... -m course_lib.distributed")
+    parser.add_argument("--strategy", choices=[s for s in STRATEGIES if s != "single"], default="ddp")
+    parser.add_argument("--steps", type=int, default=3)
+    args = parser.parse_args(argv)
+    if "RANK" not in os.environ:
+        parser.error("start it with torchrun (which sets RANK and WORLD_SIZE), or call run_workers from Python")
+    cuda = torch.cuda.is_available() and os.environ.get("COURSE_DEVICE") != "cpu"
+    device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", 0))) if cuda else torch.device("cpu")
+    if cuda:
+        torch.cuda.set_device(device)
+    dist.init_process_group("nccl" if cuda else "gloo")
+    try:
+        rank, world_size = dist.get_rank(), dist.get_world_size()
+        batch = 8 * world_size
+        result = train(rank, world_size, args.strategy, tiny_mlp, toy_batches(args.steps, batch), device=device)
+        if rank == 0:
+            print(json.dumps({"strategy": args.strategy, "world_size": world_size, "backend": dist.get_backend(),
+                              "losses": result.losses, "bytes_sent": result.bytes_sent, "stored": result.stored}))
+        dist.barrier()  # no rank leaves while another still talks to it
+    finally:
+        dist.destroy_process_group()
+    return 0
+
+
+if __name__ == "__main__":
+    code = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # skip the interpreter's teardown: gloo's threads sometimes abort it ("terminate called
+    # without an active exception") after all the work is done
+    os._exit(code)

@@ -129,3 +129,29 @@ def test_the_zero_papers_figure_for_a_7_5b_model_on_64_gpus():
     """Rajbhandari et al. (2020), figure 1: 120 GB, 31.4 GB, 16.6 GB and 1.9 GB per GPU."""
     got = [D.zero_bytes_per_rank(7.5e9, 64, stage) / 1e9 for stage in range(4)]
     assert [round(x, 1) for x in got] == [120.0, 31.4, 16.6, 1.9]
+
+
+# --------------------------------------------------------------------------- torchrun
+
+
+@pytest.mark.parametrize("strategy", ["ddp", "zero3"])
+def test_torchrun_runs_the_same_entry_point_and_matches_one_process(strategy):
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    torchrun = Path(sys.executable).parent / "torchrun"
+    proc = subprocess.run([str(torchrun), "--standalone", "--nproc_per_node=2", "-m", "course_lib.distributed",
+                           "--strategy", strategy, "--steps", "3"], capture_output=True, text=True, timeout=300,
+                          env=dict(os.environ, COURSE_DEVICE="cpu"))
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    single = D.train(0, 1, "single", D.tiny_mlp, D.toy_batches(3, 16))
+    assert got["backend"] == "gloo" and got["world_size"] == 2
+    assert got["losses"] == pytest.approx(single.losses, abs=1e-12)
+
+
+def test_the_entry_point_says_how_to_start_it():
+    with pytest.raises(SystemExit):
+        D.main(["--strategy", "ddp"]) if "RANK" not in os.environ else pytest.skip("inside torchrun")
