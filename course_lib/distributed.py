@@ -516,6 +516,50 @@ def _train_fsdp2(rank, world_size, model, batches, lr):
     return state, losses, stored
 
 
+# =========================================================================== beyond data parallelism: tensor parallelism
+
+
+def megatron_mlp(rank: int, world_size: int, mlp: nn.Sequential, x: torch.Tensor, comm: Comm) -> torch.Tensor:
+    """One MLP block (Linear, activation, Linear) split over ranks as Megatron-LM does, from scratch.
+
+    The first linear layer is split by its output features (column-parallel): each rank
+    computes its own slice of the hidden activations, and the element-wise activation needs
+    no communication. The second is split by its input features (row-parallel): each rank's
+    slice of the hidden layer gives a partial output; one all-reduce sums them, and the bias
+    is added once. ``mlp``: the full block (every rank holds it here, to cut its own slices);
+    ``x``: (..., d_model), the same on every rank. Returns (..., d_model), equal to ``mlp(x)``.
+    """
+    first, act, second = mlp[0], mlp[1], mlp[2]
+    hidden = first.out_features
+    if hidden % world_size:
+        raise ValueError(f"the hidden size ({hidden}) must split evenly over {world_size} ranks")
+    cols = slice(rank * hidden // world_size, (rank + 1) * hidden // world_size)
+    h = act(nn.functional.linear(x, first.weight[cols], first.bias[cols]))  # (..., hidden/N): this rank's columns
+    partial = nn.functional.linear(h, second.weight[:, cols])  # (..., d_model): this rank's share of the sum
+    comm.all_reduce(partial)
+    return partial + second.bias
+
+
+def compare_tensor_parallel(rank: int, world_size: int) -> dict:
+    """In a worker: the Megatron MLP from scratch and with ``torch.distributed.tensor.parallel``, against one process."""
+    from torch.distributed.device_mesh import init_device_mesh
+    from torch.distributed.tensor.parallel import ColwiseParallel, RowwiseParallel, parallelize_module
+
+    torch.manual_seed(0)
+    mlp = nn.Sequential(nn.Linear(6, 8), nn.GELU(), nn.Linear(8, 6)).double()
+    x = torch.randn(4, 6, dtype=torch.float64, generator=torch.Generator().manual_seed(3))
+    with torch.no_grad():
+        want = mlp(x)
+        comm = Comm(world_size)
+        scratch = megatron_mlp(rank, world_size, mlp, x, comm)
+        mesh = init_device_mesh("cpu", (world_size,))
+        parallelize_module(mlp, mesh, {"0": ColwiseParallel(), "2": RowwiseParallel()})
+        real = mlp(x)
+        real = real.full_tensor() if hasattr(real, "full_tensor") else real
+    return {"scratch": (scratch - want).abs().max().item(), "torch": (real - want).abs().max().item(),
+            "bytes_sent": comm.bytes_sent, "output_bytes": want.numel() * want.element_size()}
+
+
 # =========================================================================== the ZeRO paper's formulas
 
 

@@ -155,3 +155,19 @@ def test_torchrun_runs_the_same_entry_point_and_matches_one_process(strategy):
 def test_the_entry_point_says_how_to_start_it():
     with pytest.raises(SystemExit):
         D.main(["--strategy", "ddp"]) if "RANK" not in os.environ else pytest.skip("inside torchrun")
+
+
+# --------------------------------------------------------------------------- tensor parallelism
+
+
+@pytest.mark.parametrize("world", [2, 4])
+def test_a_megatron_mlp_split_over_ranks_equals_the_whole_block(world):
+    for rank, got in enumerate(D.run_workers(D.compare_tensor_parallel, world, timeout=300)):
+        assert got["scratch"] < 1e-14 and got["torch"] < 1e-14, (rank, got)
+        assert got["bytes_sent"] == pytest.approx(2 * (world - 1) / world * got["output_bytes"])  # one all-reduce
+
+
+def test_megatron_mlp_needs_a_hidden_size_that_splits():
+    mlp = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.GELU(), torch.nn.Linear(6, 4))
+    with pytest.raises(ValueError, match="split evenly"):
+        D.megatron_mlp(0, 4, mlp, torch.zeros(1, 4), D.Comm(4))
