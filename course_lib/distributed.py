@@ -366,7 +366,7 @@ def train(rank: int, world_size: int, strategy: str, make_model, batches, lr: fl
     elif strategy in ("zero1", "zero2", "zero3"):
         state, losses, stored = _train_zero(rank, world_size, int(strategy[-1]), model, batches, lr, comm)
     else:
-        state, losses, stored = _train_fsdp2(rank, world_size, model, batches, lr)
+        state, losses, stored = _train_fsdp2(rank, world_size, model, batches, lr, comm)
     return Result(state, losses, comm.bytes_sent, stored)
 
 
@@ -492,7 +492,38 @@ def _train_zero(rank, world_size, stage, model, batches, lr, comm):
     return state, losses, stored
 
 
-def _train_fsdp2(rank, world_size, model, batches, lr):
+@contextlib.contextmanager
+def counted_collectives(comm: Comm):
+    """Log in ``comm`` every all-gather, reduce-scatter and all-reduce that ``torch.distributed`` makes meanwhile.
+
+    FSDP2 calls them through the ``torch.distributed`` module, so they can be counted where
+    they are made, as :class:`Comm` counts the course's own.
+    """
+    sizes = {"all_gather_single": ("all_gather", 0), "all_gather_into_tensor": ("all_gather", 0),
+             "reduce_scatter_single": ("reduce_scatter", 1), "reduce_scatter_tensor": ("reduce_scatter", 1),
+             "all_reduce": ("all_reduce", 0)}
+    saved = {name: getattr(dist, name) for name in sizes if hasattr(dist, name)}
+
+    def counting(name):
+        op, which = sizes[name]
+
+        def counted(*args, **kwargs):
+            names = ("output_tensor", "output", "tensor") if which == 0 else ("input_tensor", "input")
+            t = args[which] if len(args) > which else next(kwargs[n] for n in names if n in kwargs)
+            comm.calls.append((op, t.numel() * t.element_size()))
+            return saved[name](*args, **kwargs)
+        return counted
+
+    for name in saved:
+        setattr(dist, name, counting(name))
+    try:
+        yield comm
+    finally:
+        for name, fn in saved.items():
+            setattr(dist, name, fn)
+
+
+def _train_fsdp2(rank, world_size, model, batches, lr, comm):
     from torch.distributed.fsdp import fully_shard
 
     for module in list(model.modules())[1:]:
@@ -505,9 +536,10 @@ def _train_fsdp2(rank, world_size, model, batches, lr):
     for batch in batches:
         x, y = _local_batch(batch, rank, world_size, "fsdp2")
         optimizer.zero_grad(set_to_none=True)
-        loss = _loss(model, x, y)
-        loss.backward()
-        optimizer.step()
+        with counted_collectives(comm):
+            loss = _loss(model, x, y)
+            loss.backward()
+            optimizer.step()
         losses.append(_global_mean(loss.detach(), world_size, "fsdp2"))
     stored = {"parameters": _storage_bytes(model.parameters()),
               "gradients": _storage_bytes(p.grad for p in model.parameters()),

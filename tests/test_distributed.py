@@ -49,6 +49,10 @@ def test_bytes_sent_per_rank_are_the_ring_formulas(runs):
     for stage in (1, 2):
         assert got[f"zero{stage}"].bytes_sent == pytest.approx(2 * share * padded * steps)
     assert got["zero3"].bytes_sent == pytest.approx(3 * share * padded * steps)
+    # FSDP2, counted at torch.distributed's calls: the model is one unit, the root, which it does
+    # not reshard after the forward pass: one all-gather and one reduce-scatter a step
+    fsdp_buffer = world * got["fsdp2"].stored["parameters"]
+    assert got["fsdp2"].bytes_sent == pytest.approx(2 * share * fsdp_buffer * steps)
 
 
 def test_what_each_rank_stores_shrinks_stage_by_stage(runs):
