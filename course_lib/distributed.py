@@ -390,6 +390,27 @@ def toy_batches(steps: int = 3, batch: int = 8, d_in: int = 6, d_out: int = 3) -
              torch.randn(batch, d_out, generator=g, dtype=torch.float64)) for _ in range(steps)]
 
 
+def course_model() -> nn.Module:
+    """The course's small pretrained decoder (lesson 02), in float64 so that strategies can be compared exactly."""
+    from course_lib.models import load_pretrained
+
+    return load_pretrained("course-lm-small").double()
+
+
+def lm_batches(steps: int = 2, batch: int = 4, length: int = 32, seed: int = 0) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """``steps`` global batches of (input ids, next-token targets) cut from the course's corpus, (batch, length) each."""
+    from course_lib.data import build_corpus
+    from course_lib.tokenizer import course_tokenizer
+
+    text = "\n".join(build_corpus(seed).heldout_texts[:200])
+    ids = torch.tensor(course_tokenizer().encode(text), dtype=torch.long)
+    need = steps * batch * (length + 1)
+    if ids.numel() < need:
+        raise ValueError(f"the corpus gives {ids.numel()} tokens, fewer than the {need} asked for")
+    rows = ids[:need].view(steps, batch, length + 1)
+    return [(row[:, :-1].contiguous(), row[:, 1:].contiguous()) for row in rows]
+
+
 def compare_strategies(rank: int, world_size: int, strategies, make_model, batches) -> dict:
     """In a worker: train with each of ``strategies`` in turn; strategy -> :class:`Result`."""
     return {name: train(rank, world_size, name, make_model, batches) for name in strategies}

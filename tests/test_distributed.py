@@ -175,3 +175,23 @@ def test_megatron_mlp_needs_a_hidden_size_that_splits():
     mlp = torch.nn.Sequential(torch.nn.Linear(4, 6), torch.nn.GELU(), torch.nn.Linear(6, 4))
     with pytest.raises(ValueError, match="split evenly"):
         D.megatron_mlp(0, 4, mlp, torch.zeros(1, 4), D.Comm(4))
+
+
+# --------------------------------------------------------------------------- the course's checkpoint
+
+
+def test_ddp_fsdp2_and_zero3_train_the_course_checkpoint_as_one_process_does():
+    batches = D.lm_batches(steps=2, batch=4, length=32)
+    single = D.train(0, 1, "single", D.course_model, batches)
+    results = D.run_workers(D.compare_strategies, 2, ["ddp", "fsdp2", "zero3"], D.course_model, batches, timeout=300)
+    psi = sum(p.numel() for p in D.course_model().parameters()) * 8
+    for rank, result in enumerate(results):
+        for name, got in result.items():
+            for key, want in single.state.items():
+                assert torch.allclose(got.state[key], want, rtol=0, atol=1e-10), (name, rank, key)
+            assert got.losses == pytest.approx(single.losses, abs=1e-10)
+    got = results[0]
+    assert got["ddp"].bytes_sent == pytest.approx(2 * 0.5 * psi * 2)
+    # FSDP2 gathers the blocks again for the backward pass, but not the root's embedding and norm
+    assert got["ddp"].bytes_sent < got["fsdp2"].bytes_sent < 1.5 * got["ddp"].bytes_sent
+    assert got["fsdp2"].stored["parameters"] < 0.51 * psi and got["ddp"].stored["parameters"] == psi
