@@ -177,6 +177,40 @@ def misbehave(rank: int, world_size: int, how: str, bad_rank: int = 1) -> int:
     return rank
 
 
+# =========================================================================== a ring all-reduce, simulated
+
+
+def ring_all_reduce(tensors: list[torch.Tensor]) -> tuple[list[torch.Tensor], list[int]]:
+    """Sum ``tensors`` (one per rank, same shape and dtype) as a ring all-reduce does, in one process.
+
+    Each rank's tensor is cut into N chunks (the last ones shorter when N does not divide it).
+    Reduce-scatter: in each of N-1 steps every rank sends one chunk to the next rank, which adds
+    it to its own; then rank r holds the full sum of chunk (r+1) mod N. All-gather: in N-1 more
+    steps the summed chunks travel round the ring. Returns (every rank's result, the bytes each
+    rank sent): about 2(N-1)/N of the tensor's bytes per rank, whatever N is.
+    """
+    if not tensors:
+        raise ValueError("ring_all_reduce expects one tensor per rank, got none")
+    first = tensors[0]
+    if any(t.shape != first.shape or t.dtype != first.dtype for t in tensors):
+        raise ValueError("ring_all_reduce expects tensors of one shape and dtype, got "
+                         f"{[(tuple(t.shape), t.dtype) for t in tensors]}")
+    n = len(tensors)
+    chunks = [list(t.reshape(-1).clone().tensor_split(n)) for t in tensors]
+    sent = [0] * n
+    for step in range(n - 1):  # reduce-scatter
+        outgoing = [(r, (r - step) % n, chunks[r][(r - step) % n].clone()) for r in range(n)]
+        for r, c, data in outgoing:
+            chunks[(r + 1) % n][c] += data
+            sent[r] += data.numel() * data.element_size()
+    for step in range(n - 1):  # all-gather
+        outgoing = [(r, (r + 1 - step) % n, chunks[r][(r + 1 - step) % n].clone()) for r in range(n)]
+        for r, c, data in outgoing:
+            chunks[(r + 1) % n][c] = data
+            sent[r] += data.numel() * data.element_size()
+    return [torch.cat(c).view_as(first) for c in chunks], sent
+
+
 # =========================================================================== collectives, counted
 
 
@@ -295,6 +329,7 @@ class Result:
     losses: list[float]
     bytes_sent: float
     stored: dict  # "parameters", "gradients", "optimizer" -> bytes this rank holds after the last step
+    seconds: float = 0.0  # wall time of the training steps on this rank
 
 
 def _storage_bytes(tensors) -> int:
@@ -343,6 +378,7 @@ def train(rank: int, world_size: int, strategy: str, make_model, batches, lr: fl
     batches = [(x.to(device), y.to(device)) for x, y in batches]
     comm = Comm(world_size)
     losses = []
+    start = time.perf_counter()
     if strategy in ("single", "dp", "ddp"):
         net = model
         if strategy == "ddp":
@@ -367,7 +403,7 @@ def train(rank: int, world_size: int, strategy: str, make_model, batches, lr: fl
         state, losses, stored = _train_zero(rank, world_size, int(strategy[-1]), model, batches, lr, comm)
     else:
         state, losses, stored = _train_fsdp2(rank, world_size, model, batches, lr, comm)
-    return Result(state, losses, comm.bytes_sent, stored)
+    return Result(state, losses, comm.bytes_sent, stored, time.perf_counter() - start)
 
 
 def _counted_all_reduce(comm: Comm, bucket):  # no return annotation: DDP checks it, and they are strings here

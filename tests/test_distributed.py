@@ -195,3 +195,31 @@ def test_ddp_fsdp2_and_zero3_train_the_course_checkpoint_as_one_process_does():
     # FSDP2 gathers the blocks again for the backward pass, but not the root's embedding and norm
     assert got["ddp"].bytes_sent < got["fsdp2"].bytes_sent < 1.5 * got["ddp"].bytes_sent
     assert got["fsdp2"].stored["parameters"] < 0.51 * psi and got["ddp"].stored["parameters"] == psi
+
+
+# --------------------------------------------------------------------------- the ring, simulated
+
+
+@pytest.mark.parametrize("n, numel", [(1, 5), (2, 8), (3, 10), (4, 7), (5, 3)])
+def test_a_simulated_ring_all_reduce_sums_and_sends_2_n_minus_1_over_n(n, numel):
+    g = torch.Generator().manual_seed(n)
+    tensors = [torch.randn(numel, generator=g, dtype=torch.float64) for _ in range(n)]
+    results, sent = D.ring_all_reduce(tensors)
+    want = torch.stack(tensors).sum(0)
+    for got in results:
+        assert torch.allclose(got, want, rtol=0, atol=1e-12)
+    chunks = torch.zeros(numel).tensor_split(n)
+    # each rank sends every chunk but one twice (N-1 chunks in each phase)
+    assert sum(sent) == 2 * (n - 1) * numel * 8
+    if numel % n == 0:
+        assert sent == [2 * (n - 1) * (numel // n) * 8] * n
+    assert all(s <= 2 * (n - 1) * max(c.numel() for c in chunks) * 8 for s in sent)
+
+
+def test_the_ring_keeps_shape_and_refuses_mixed_tensors():
+    results, _ = D.ring_all_reduce([torch.ones(2, 3), torch.ones(2, 3)])
+    assert results[0].shape == (2, 3) and torch.equal(results[1], torch.full((2, 3), 2.0))
+    with pytest.raises(ValueError, match="one shape and dtype"):
+        D.ring_all_reduce([torch.ones(2), torch.ones(3)])
+    with pytest.raises(ValueError, match="none"):
+        D.ring_all_reduce([])
