@@ -223,3 +223,26 @@ def test_the_ring_keeps_shape_and_refuses_mixed_tensors():
         D.ring_all_reduce([torch.ones(2), torch.ones(3)])
     with pytest.raises(ValueError, match="none"):
         D.ring_all_reduce([])
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("strategy", ["ddp", "fsdp2", "zero3"])
+def test_torchrun_with_nccl_on_every_gpu(strategy):
+    """``make gpu-check``: the same entry point, one process per GPU, NCCL; the losses those of one process."""
+    import json
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    if not torch.cuda.is_available():
+        pytest.skip("no CUDA GPU here")
+    gpus = torch.cuda.device_count()
+    torchrun = Path(sys.executable).parent / "torchrun"
+    command = [str(torchrun) if torchrun.exists() else sys.executable, *([] if torchrun.exists() else ["-m", "torch.distributed.run"]),
+               "--standalone", f"--nproc_per_node={gpus}", "-m", "course_lib.distributed", "--strategy", strategy]
+    proc = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    got = json.loads(proc.stdout.strip().splitlines()[-1])
+    assert got["backend"] == "nccl" and got["world_size"] == gpus
+    single = D.train(0, 1, "single", D.tiny_mlp, D.toy_batches(3, 8 * gpus))
+    assert got["losses"] == pytest.approx(single.losses, abs=1e-9)
