@@ -261,6 +261,10 @@ class Comm:
 
 def padded_size(numel: int, world_size: int) -> int:
     """``numel`` rounded up to a multiple of ``world_size``, so that every rank's shard has the same length."""
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if not isinstance(numel, int) or numel < 0:
+        raise ValueError(f"numel must be a non-negative int, got {numel!r}")
     return math.ceil(numel / world_size) * world_size
 
 
@@ -277,6 +281,10 @@ def shard(flat: torch.Tensor, rank: int, world_size: int) -> torch.Tensor:
 
 def unshard(shards: list[torch.Tensor], numel: int) -> torch.Tensor:
     """The 1-D tensor of ``numel`` elements that :func:`shard` cut into ``shards`` (padding dropped)."""
+    if not shards or any(t.dim() != 1 or t.numel() != shards[0].numel() for t in shards):
+        raise ValueError(f"unshard expects 1-D shards of one length, got shapes {[tuple(t.shape) for t in shards]}")
+    if numel > len(shards) * shards[0].numel():
+        raise ValueError(f"{len(shards)} shards of {shards[0].numel()} hold fewer than numel = {numel} elements")
     return torch.cat(shards)[:numel]
 
 

@@ -122,6 +122,15 @@ def test_shards_are_equal_padded_pieces_that_join_back(numel, world):
     assert torch.count_nonzero(torch.cat(shards)) == numel  # the padding is zeros
 
 
+def test_unshard_and_padded_size_refuse_what_does_not_fit():
+    with pytest.raises(ValueError, match="one length"):
+        D.unshard([torch.zeros(2), torch.zeros(3)], 4)
+    with pytest.raises(ValueError, match="fewer than"):
+        D.unshard([torch.zeros(2), torch.zeros(2)], 5)
+    with pytest.raises(ValueError, match="world_size"):
+        D.padded_size(10, 0)
+
+
 def test_shard_refuses_what_it_cannot_cut():
     with pytest.raises(ValueError, match="1-D"):
         D.shard(torch.zeros(2, 3), 0, 2)
