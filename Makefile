@@ -98,7 +98,7 @@ learner-edition: $(STAMP)
 # The test files that hold `gpu` tests; they import nothing beyond torch, numpy, tqdm, pytest
 # (and triton, transformers where present).
 GPU_PYTHON ?= python3
-GPU_TESTS  := tests/test_device.py tests/test_kernels.py tests/test_benchmark.py tests/test_bench.py tests/test_memory.py
+GPU_TESTS  := tests/test_device.py tests/test_kernels.py tests/test_benchmark.py tests/test_bench.py tests/test_memory.py tests/test_distributed.py
 gpu-check:
 	mkdir -p bench/results
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -p no:cacheprovider -p no:nbval -m gpu $(GPU_TESTS) -q | tee bench/results/gpu-tests.txt

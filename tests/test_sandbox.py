@@ -142,9 +142,14 @@ def _processes_running(marker: str) -> list[int]:
 def test_no_process_outlives_the_sandbox():
     marker = f"sleep-{os.getpid()}-{id(object())}"
     with Sandbox(timeout=5) as box:
-        box.run_cell(f"import subprocess, sys\nsubprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {marker!r}],"
-                     " start_new_session=True)")
-        assert _processes_running(marker)
+        started = box.run_cell(f"import subprocess, sys\np = subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', "
+                               f"{marker!r}], start_new_session=True)\nprint(p.pid)")
+        assert started.ok, started.error
+        for _ in range(100):  # on a busy machine the new Python may take a moment to show up
+            if _processes_running(marker):
+                break
+            time.sleep(0.1)
+        assert _processes_running(marker), (started.stdout, box.run_cell("print(p.poll())").stdout)
     assert box.proc.poll() is not None
     for _ in range(50):
         if not _processes_running(marker):
