@@ -288,8 +288,10 @@ def restore_cells(nb: NotebookNode, expected: list[dict]) -> list[str]:
             notes.append(f"the locked cell {grade_id!r} had been edited; the original was graded")
         _set_as_released(cell, want)
     for number, want in enumerate(expected):
-        if want["grade_id"] in seen or not want["locked"]:
-            if want["grade_id"] not in seen and want["solution"]:
+        if want["grade_id"] in seen:
+            continue
+        if not want["locked"]:  # a missing answer: the learner's code, if any, ran as an ordinary cell
+            if want["solution"]:
                 notes.append(f"the answer cell {want['grade_id']!r} is missing (deleted, or its grade id changed)")
             continue
         before = {e["grade_id"] for e in expected[:number]}

@@ -50,23 +50,12 @@ GRADER_MARGIN_SECONDS = 300  # beyond the notebook's own wall-time budget: start
 
 
 @dataclass
-class Outcome:
-    """What grading one learner's submission gave: points per graded cell, and what the report says."""
+class Outcome(grading.Scores):
+    """What grading one learner's submission gave: :class:`course_lib.grading.Scores`, and what the report says."""
 
-    student: str
-    cells: dict[str, tuple[float, float]] = field(default_factory=dict)
+    student: str = ""
     reason: str = ""  # why the submission was not graded (it then scores 0)
-    notes: list[str] = field(default_factory=list)  # what was set right before grading
-    seconds: float = 0.0
-    sandbox: dict = field(default_factory=dict)
-
-    @property
-    def score(self) -> float:
-        return sum(s for s, _ in self.cells.values())
-
-    @property
-    def max_score(self) -> float:
-        return sum(m for _, m in self.cells.values())
+    sandbox: dict = field(default_factory=dict)  # what the sandbox spent (notes: what was set right before grading)
 
     def line(self) -> str:
         """One row of the report's table."""
@@ -79,18 +68,10 @@ class Outcome:
 # --------------------------------------------------------------------------- the course and its gradebook
 
 
-def _config(root: Path):
-    from traitlets.config.loader import PyFileConfigLoader
-
-    config = PyFileConfigLoader("nbgrader_config.py", path=str(root)).load_config()
-    config.CourseDirectory.root = str(root)
-    return config
-
-
 def _coursedir(root: Path):
     from nbgrader.coursedir import CourseDirectory
 
-    return CourseDirectory(config=_config(root))
+    return CourseDirectory(config=grading._config(root))
 
 
 def _step_folder(root: Path, step: str) -> Path:
@@ -133,13 +114,10 @@ def ensure_assignment(root: Path, lesson: str) -> bool:
         with contextlib.suppress(MissingEntry):
             gb.find_notebook(lesson, lesson)
             return False
-    from nbgrader.apps import NbGraderAPI
-    from nbgrader.coursedir import CourseDirectory
-
     with tempfile.TemporaryDirectory(prefix="course-release-") as tmp, grading._venv_bin_on_path():
-        config = _config(root)
+        config = grading._config(root)
         config.CourseDirectory.release_directory = tmp
-        api = NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
+        api = grading._api(root, config)
         grading._run(api.generate_assignment(lesson, force=True), f"generate_assignment {lesson}")
     return True
 
@@ -147,8 +125,8 @@ def ensure_assignment(root: Path, lesson: str) -> bool:
 # --------------------------------------------------------------------------- one submission
 
 
-def _zero(student: str, graded: dict[str, float], reason: str) -> Outcome:
-    return Outcome(student, {grade_id: (0.0, points) for grade_id, points in graded.items()}, reason=reason)
+def _zero(lesson: str, student: str, graded: dict[str, float], reason: str) -> Outcome:
+    return Outcome(lesson, {grade_id: (0.0, points) for grade_id, points in graded.items()}, student=student, reason=reason)
 
 
 def graded_points(db_url: str, lesson: str) -> dict[str, float]:
@@ -170,14 +148,13 @@ def scores_from_notebook(nb) -> dict[str, tuple[float, float]]:
     return found
 
 
-def prepare(template: Path, folder: Path, root: Path, lesson: str, student: str, lessons: dict) -> None:
-    """Make ``folder`` a course of its own for ``student``'s submission: a copy of ``template`` and of the submission.
+def prepare(template: Path, folder: Path, submitted: Path, lesson: str, student: str, lessons: dict) -> None:
+    """Make ``folder`` a course of its own for ``student``'s submission (the folder ``submitted``): a copy of ``template`` and of it.
 
     Raises :class:`BadSubmission` when the notebook cannot be graded as this lesson's.
     """
     import nbformat
 
-    submitted = _step_folder(root, "submitted") / student / lesson
     notebook = submitted / f"{lesson}.ipynb"
     if not notebook.is_file() or notebook.is_symlink():
         others = sorted(p.name for p in submitted.iterdir())[:5] if submitted.is_dir() else []
@@ -238,12 +215,12 @@ def collect_outcome(folder: Path, lesson: str, student: str, graded: dict[str, f
 
     path = folder / "autograded" / student / lesson / f"{lesson}.ipynb"
     if code is None:
-        return _zero(student, graded, f"grading was stopped after its time limit ({_timeout():g} s)")
+        return _zero(lesson, student, graded, f"grading was stopped after its time limit ({_timeout():g} s)")
     if code != 0 or not path.is_file():
-        return _zero(student, graded, f"grading failed: {_last_error(log)}")
+        return _zero(lesson, student, graded, f"grading failed: {_last_error(log)}")
     nb = nbformat.read(path, as_version=4)
     found = scores_from_notebook(nb)
-    outcome = Outcome(student, {g: found.get(g, (0.0, p)) for g, p in graded.items()})
+    outcome = Outcome(lesson, {g: found.get(g, (0.0, p)) for g, p in graded.items()}, student=student)
     info = nb.metadata.get("course_grading", {})
     outcome.notes, outcome.sandbox = list(info.get("notes", [])), dict(info.get("sandbox", {}))
     return outcome
@@ -281,7 +258,7 @@ def record(root: Path, lesson: str, student: str, nb=None, timestamp=None) -> No
         resources = {"nbgrader": {"notebook": lesson, "assignment": lesson, "student": student, "db_url": url}}
         SaveAutoGrades().preprocess(nb, resources)
         # the late-submission policy of nbgrader_config.py (nbgrader's default: no penalty)
-        AssignLatePenalties(config=_config(root)).preprocess(nb, resources)
+        AssignLatePenalties(config=grading._config(root)).preprocess(nb, resources)
 
 
 def rescore(lesson: str, root: Path | None = None) -> dict[str, float]:
@@ -350,7 +327,7 @@ def grade_class(lesson: str, root: Path | None = None, jobs: int = 1, students: 
     url = _coursedir(root).db_url
     graded = graded_points(url, lesson)
     lessons = grading.lesson_grade_ids(root)
-    submitted = _step_folder(root, "submitted")
+    submitted, autograded = _step_folder(root, "submitted"), _step_folder(root, "autograded")
     found = sorted(p.parent.name for p in submitted.glob(f"*/{lesson}") if p.is_dir() and not p.is_symlink())
     wanted = [s for s in found if students is None or s in students]
     outcomes: dict[str, Outcome] = {}
@@ -367,7 +344,7 @@ def grade_class(lesson: str, root: Path | None = None, jobs: int = 1, students: 
             folder = work / "submissions" / student
             began = time.perf_counter()
             try:
-                prepare(template, folder, root, lesson, student, lessons)
+                prepare(template, folder, submitted / student / lesson, lesson, student, lessons)
             except BadSubmission as err:
                 return student, None, str(err), None, time.perf_counter() - began
             log, code = grade_one(folder, lesson, student, _timeout())
@@ -377,7 +354,7 @@ def grade_class(lesson: str, root: Path | None = None, jobs: int = 1, students: 
         for student in wanted:
             (ready if STUDENT_ID.match(student) else bad).append(student)
         for student in bad:
-            outcomes[student] = _zero(student, graded, "the learner's id has characters that are not allowed")
+            outcomes[student] = _zero(lesson, student, graded, "the learner's id has characters that are not allowed")
         with concurrent.futures.ThreadPoolExecutor(max_workers=max(1, jobs)) as pool:
             futures = [pool.submit(grade, s) for s in ready]
             bar = tqdm(concurrent.futures.as_completed(futures), total=len(futures), desc=f"grading {lesson}",
@@ -385,9 +362,9 @@ def grade_class(lesson: str, root: Path | None = None, jobs: int = 1, students: 
             for future in bar:
                 student, folder, log, code, seconds = future.result()
                 stamp = _timestamp(submitted / student / lesson)
-                outcome = _zero(student, graded, log) if folder is None else (  # then log holds the reason
+                outcome = _zero(lesson, student, graded, log) if folder is None else (  # then log holds the reason
                     collect_outcome(folder, lesson, student, graded, log, code))
-                target = _step_folder(root, "autograded") / student / lesson
+                target = autograded / student / lesson
                 shutil.rmtree(target, ignore_errors=True)
                 try:
                     if outcome.reason:

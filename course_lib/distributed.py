@@ -341,19 +341,10 @@ class Result:
 
 
 def _storage_bytes(tensors) -> int:
-    """Bytes of distinct storages behind ``tensors`` (views of one buffer count once)."""
-    seen, total = set(), 0
-    for t in tensors:
-        if t is None:
-            continue
-        if hasattr(t, "_local_tensor"):  # a DTensor: this rank's piece
-            t = t._local_tensor
-        storage = t.untyped_storage()
-        if storage.data_ptr() in seen or storage.size() == 0:
-            continue
-        seen.add(storage.data_ptr())
-        total += storage.size()
-    return total
+    """Bytes of the distinct storages behind ``tensors`` on this rank (lesson 03's count; a DTensor counts its own piece)."""
+    from course_lib.memory import unique_storage_bytes
+
+    return unique_storage_bytes(getattr(t, "_local_tensor", t) for t in tensors)
 
 
 def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:

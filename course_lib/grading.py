@@ -105,15 +105,22 @@ def _venv_bin_on_path():
         os.environ["PATH"] = old
 
 
-def _api(course: Path):
-    from nbgrader.apps import NbGraderAPI
-    from nbgrader.coursedir import CourseDirectory
+def _config(course: Path):
+    """The course's ``nbgrader_config.py``, loaded, with ``course`` as nbgrader's root."""
     from traitlets.config.loader import PyFileConfigLoader
 
     config = PyFileConfigLoader("nbgrader_config.py", path=str(course)).load_config()
     config.CourseDirectory.root = str(course)
-    coursedir = CourseDirectory(config=config)
-    return NbGraderAPI(coursedir=coursedir, config=config)
+    return config
+
+
+def _api(course: Path, config=None):
+    """nbgrader's API for the course folder ``course`` (``config``: its loaded config, changed by the caller)."""
+    from nbgrader.apps import NbGraderAPI
+    from nbgrader.coursedir import CourseDirectory
+
+    config = config if config is not None else _config(course)
+    return NbGraderAPI(coursedir=CourseDirectory(config=config), config=config)
 
 
 def _run(result: dict, what: str) -> None:

@@ -357,10 +357,7 @@ def _small_workdir(workdir: str, stage: str, reach: list[str]) -> list[str]:
     if not _mount("-t", "tmpfs", "-o", f"size={int(size)}m,nosuid,nodev{owner}", "tmpfs", holder):
         return ["the working folder's size could not be limited"]
     inside = Path(holder) / os.path.basename(workdir) if covers_parent else Path(holder)
-    inside.mkdir(exist_ok=True)
-    for item in Path(workdir).iterdir():
-        if str(item) != stage:
-            (shutil.copytree if item.is_dir() else shutil.copy2)(item, inside / item.name)
+    copy_plain_files(Path(workdir), inside, skip=lambda item: str(item) == stage)
     if uid is not None:  # the learner's files are the learner's, as in their own kernel
         for item in [inside, *inside.rglob("*")]:
             os.lchown(item, int(uid), int(uid))

@@ -6,6 +6,7 @@ CUDA and MPS when available). Tests marked ``gpu`` need CUDA and are skipped wit
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
 
 import pytest
@@ -34,3 +35,16 @@ def pytest_collection_modifyitems(config, items):
 @pytest.fixture(scope="session")
 def repo() -> Path:
     return REPO
+
+
+def processes_running(marker: str) -> list[int]:
+    """Pids of the live (not zombie) processes whose command line holds ``marker``."""
+    found = []
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                if marker in open(f"/proc/{entry}/cmdline").read() and " Z " not in open(f"/proc/{entry}/stat").read():
+                    found.append(int(entry))
+            except OSError:
+                pass
+    return found

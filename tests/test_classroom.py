@@ -33,7 +33,7 @@ import nbformat  # noqa: E402
 
 from course_lib import autograde, classroom, grading  # noqa: E402
 from course_lib.sandbox import namespaces_available  # noqa: E402
-from tests.conftest import REPO  # noqa: E402
+from tests.conftest import REPO, processes_running  # noqa: E402
 
 pytestmark = [pytest.mark.slow, pytest.mark.timeout(1500)]
 LESSON = "00_how_this_course_works"
@@ -194,18 +194,6 @@ def fingerprint(folder: Path) -> dict[str, str]:
             for p in sorted(folder.rglob("*")) if p.is_file() and "__pycache__" not in p.parts}
 
 
-def running(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if marker in open(f"/proc/{entry}/cmdline").read() and " Z " not in open(f"/proc/{entry}/stat").read():
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 @pytest.fixture(scope="module")
 def klass(tmp_path_factory):
     """The whole class, graded: returns what the tests look at."""
@@ -279,7 +267,7 @@ def klass(tmp_path_factory):
     graded = course_command("grade-class", LESSON, "--jobs", "2", cwd=course)
     seconds = time.perf_counter() - started
     time.sleep(5)  # what a detached process would have done by now
-    leftovers = running(MARK)
+    leftovers = processes_running(MARK)
 
     nbgrader("generate_feedback", LESSON, cwd=course)
     nbgrader("export", cwd=course)
@@ -336,7 +324,7 @@ def test_the_gradebook_export_and_feedback_agree_and_show_no_hidden_test(klass):
 def test_no_submission_changed_the_course_another_learner_or_outlived_grading(klass):
     course = klass["course"]
     assert "namespaces (mount, pid, network)" in klass["graded"].stdout
-    assert klass["leftovers"] == [] and running(MARK) == []
+    assert klass["leftovers"] == [] and processes_running(MARK) == []
     assert not (course / "detached-was-here").exists()
     assert fingerprint(course / "submitted") == klass["submitted_before"]
     after = {k: v for k, v in fingerprint(course).items() if k in klass["course_before"]}

@@ -13,7 +13,7 @@ import torch
 
 from course_lib import wire
 from course_lib.sandbox import Limits, Sandbox, namespaces_available
-from tests.conftest import REPO
+from tests.conftest import REPO, processes_running
 
 pytestmark = pytest.mark.timeout(300)
 
@@ -126,18 +126,6 @@ def test_the_sandbox_cannot_see_hidden_files_write_outside_its_folder_or_reach_t
             assert not sandbox.run_cell(f"os.listdir({other.workdir!r})").ok
 
 
-def _processes_running(marker: str) -> list[int]:
-    found = []
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                if marker in open(f"/proc/{entry}/cmdline").read() and " Z " not in open(f"/proc/{entry}/stat").read():
-                    found.append(int(entry))
-            except OSError:
-                pass
-    return found
-
-
 @pytest.mark.skipif(not namespaces_available(), reason="without a process namespace a detached process can outlive it")
 def test_no_process_outlives_the_sandbox():
     marker = f"sleep-{os.getpid()}-{id(object())}"
@@ -146,16 +134,16 @@ def test_no_process_outlives_the_sandbox():
                                f"{marker!r}], start_new_session=True)\nprint(p.pid)")
         assert started.ok, started.error
         for _ in range(100):  # on a busy machine the new Python may take a moment to show up
-            if _processes_running(marker):
+            if processes_running(marker):
                 break
             time.sleep(0.1)
-        assert _processes_running(marker), (started.stdout, box.run_cell("print(p.poll())").stdout)
+        assert processes_running(marker), (started.stdout, box.run_cell("print(p.poll())").stdout)
     assert box.proc.poll() is not None
     for _ in range(50):
-        if not _processes_running(marker):
+        if not processes_running(marker):
             break
         time.sleep(0.1)
-    assert not _processes_running(marker)
+    assert not processes_running(marker)
 
 
 def test_without_namespaces_it_still_runs_and_says_so(monkeypatch):
