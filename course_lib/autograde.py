@@ -72,6 +72,18 @@ class RemoteFunction:
 
     def __call__(self, *args, **kwargs):
         result: CallResult = self.sandbox.call(self.__name__, args, kwargs, self.rules)
+        return self._outcome(result, args, kwargs)
+
+    def in_workers(self, driver: str, world_size: int, *args, timeout: float = 60.0) -> list:
+        """Run ``driver(rank, world_size, this function, *args)`` on ``world_size`` ranks in the sandbox.
+
+        ``driver`` is ``"course_lib.checks.<module>:<function>"``; returns what each rank's driver returned.
+        """
+        result = self.sandbox.call(self.__name__, args, {}, self.rules,
+                                   workers={"driver": driver, "world_size": world_size, "timeout": timeout})
+        return self._outcome(result, (), {})
+
+    def _outcome(self, result: CallResult, args: tuple, kwargs: dict):
         for text in (result.stdout, result.stderr):
             if text:
                 print(text, end="" if text.endswith("\n") else "\n")

@@ -33,6 +33,7 @@ import math
 import multiprocessing
 import os
 import queue
+import select
 import signal
 import sys
 import tempfile
@@ -141,6 +142,115 @@ def run_workers(fn, world_size: int, *args, timeout: float = 120.0) -> list:
                 if frames:
                     where[rank] = frames[0]  # faulthandler lists the innermost frame first
         raise WorkerError(_what_failed(procs, got, errors, timeout, where))
+
+
+@dataclass
+class _Forked:
+    pid: int
+    exitcode: int | None = None
+
+
+def _loopback() -> None:
+    """Let gloo talk over the loopback interface (a sandbox's network namespace has nothing else)."""
+    if "GLOO_SOCKET_IFNAME" not in os.environ and os.path.exists("/sys/class/net/lo"):
+        os.environ["GLOO_SOCKET_IFNAME"] = "lo"
+
+
+def _forked_rank(rank: int, world_size: int, store_path: str, fn, args, write_fd: int) -> None:
+    """The child's side of :func:`run_forked`: join the group, run ``fn``, send the outcome, leave at once."""
+    printed = io.StringIO()
+    joined = False
+    try:
+        _loopback()
+        dist.init_process_group("gloo", store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
+        joined = True
+        with contextlib.redirect_stdout(printed), contextlib.redirect_stderr(printed):
+            value = fn(rank, world_size, *args)
+        outcome = ("ok", value, printed.getvalue())
+    except BaseException:  # noqa: BLE001  (sent to the parent, which names the rank)
+        outcome = ("error", traceback.format_exc()[-4000:], printed.getvalue())
+    buffer = io.BytesIO()
+    try:
+        torch.save(outcome, buffer)
+    except Exception as err:  # noqa: BLE001  (what fn returned cannot be sent)
+        buffer = io.BytesIO()
+        torch.save(("error", f"rank {rank} returned what cannot be sent back: {type(err).__name__}: {err}", ""), buffer)
+    with open(write_fd, "wb") as pipe:
+        pipe.write(buffer.getvalue())
+    if joined:
+        with contextlib.suppress(Exception):
+            dist.destroy_process_group()
+    os._exit(0)
+
+
+def run_forked(fn, world_size: int, *args, timeout: float = 60.0) -> list:
+    """Like :func:`run_workers`, but the workers are copies of this process (``fork``), Linux and macOS only.
+
+    ``fn(rank, world_size, *args)`` may be any function, one defined in a notebook cell
+    included (a spawned worker would have to import it), and the workers start in
+    milliseconds, not seconds: this is how the lesson's checks run a learner's function on
+    real ranks. Gloo only. What a worker prints comes back with its result. A worker that
+    raises, dies or does not finish within ``timeout`` seconds (a collective that some rank
+    never called waits forever) ends the run with :class:`WorkerError`, which names the rank;
+    every worker is stopped.
+    """
+    if not isinstance(world_size, int) or world_size < 1:
+        raise ValueError(f"world_size must be a positive int, got {world_size!r}")
+    if not hasattr(os, "fork"):
+        raise RuntimeError("run_forked needs os.fork (Linux or macOS); use run_workers")
+    with tempfile.TemporaryDirectory(prefix="course-forked-") as folder:
+        store = os.path.join(folder, "store")
+        children, pipes = [], {}
+        for rank in range(world_size):
+            read_fd, write_fd = os.pipe()
+            pid = os.fork()
+            if pid == 0:  # the worker
+                os.close(read_fd)
+                for other in pipes:
+                    os.close(other)
+                try:
+                    _forked_rank(rank, world_size, store, fn, args, write_fd)
+                finally:
+                    os._exit(1)
+            os.close(write_fd)
+            children.append(_Forked(pid))
+            pipes[read_fd] = (rank, bytearray())
+        got, errors, printed = {}, {}, {}
+        deadline = time.monotonic() + timeout
+        try:
+            open_fds = set(pipes)
+            while open_fds and time.monotonic() < deadline:
+                ready, _, _ = select.select(list(open_fds), [], [], min(0.2, max(0.0, deadline - time.monotonic())))
+                for fd in ready:
+                    chunk = os.read(fd, 1 << 20)
+                    if chunk:
+                        pipes[fd][1].extend(chunk)
+                        continue
+                    open_fds.discard(fd)
+                    rank, data = pipes[fd]
+                    if data:
+                        status, value, text = torch.load(io.BytesIO(bytes(data)), weights_only=False)  # our own workers
+                        printed[rank] = text
+                        (got if status == "ok" else errors)[rank] = value
+                if errors:
+                    break
+        finally:
+            for child in children:
+                done, status = os.waitpid(child.pid, os.WNOHANG)
+                if not done and len(got) < world_size:  # a failed run: the others may wait forever in a collective
+                    with contextlib.suppress(ProcessLookupError):
+                        os.kill(child.pid, signal.SIGKILL)
+                if not done:
+                    _, status = os.waitpid(child.pid, 0)
+                child.exitcode = os.waitstatus_to_exitcode(status)
+            for fd in pipes:
+                os.close(fd)
+        for rank in sorted(printed):
+            if printed[rank]:
+                print(f"[rank {rank}] " + printed[rank].rstrip().replace("\n", f"\n[rank {rank}] "))
+        if len(got) == world_size:
+            return [got[r] for r in range(world_size)]
+        raise WorkerError(_what_failed(children, got, errors, timeout, {}))
 
 
 def _what_failed(procs, got: dict, errors: dict, timeout: float, where: dict) -> str:

@@ -26,6 +26,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import functools
+import importlib
 import io
 import itertools
 import json
@@ -46,6 +47,9 @@ from course_lib import wire
 MAX_OUTPUT_CHARS = 100_000  # per cell; the rest is cut
 KEEP_DEVICES = ("null", "zero", "full", "random", "urandom")
 MiB = 1 << 20
+# the grader's environment variables a sandbox is started with (and LC_*); see Sandbox._environment
+PASSED_ON = frozenset({"PATH", "LANG", "LANGUAGE", "TZ", "TERM", "USER", "LOGNAME", "OMP_NUM_THREADS",
+                       "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS", "CUDA_VISIBLE_DEVICES"})
 
 
 @dataclass
@@ -215,6 +219,8 @@ class _Server:
             return {"ok": False, "error": _error(err), "stdout": "", "stderr": ""}
         args, kwargs = message["args"], message["kwargs"]
         rules = self.guard.Rules.from_dict(message["rules"]) if message["rules"] else None
+        if message.get("workers"):
+            return self.call_in_workers(name, fn, rules, message)
         value, failure, violations = None, None, None
         with _captured() as (out, err):
             try:
@@ -234,6 +240,48 @@ class _Server:
             "violations": violations, "args": [_sync_state(a) for a in args],
             "kwargs": {k: _sync_state(v) for k, v in kwargs.items()}, "stdout": out.text(), "stderr": err.text(),
         }
+
+
+    def call_in_workers(self, name: str, fn, rules, message: dict) -> dict:
+        """Run a check's driver on every rank of a process group of forked copies of this process.
+
+        ``message["workers"]`` names the driver (``"course_lib.checks.<module>:<function>"``),
+        the world size and a timeout. Rank r runs ``driver(r, world_size, answer, *args)``, where
+        ``answer`` is the learner's ``fn`` watched by ``rules``; the reply's value is the list of
+        what the drivers returned, in rank order.
+        """
+        from course_lib.distributed import run_forked
+
+        spec = message["workers"]
+        module, _, qualname = str(spec["driver"]).partition(":")
+        try:
+            if not module.startswith("course_lib.checks."):
+                raise ValueError(f"a driver must live in course_lib.checks, got {spec['driver']!r}")
+            driver = importlib.import_module(module)
+            for part in qualname.split("."):
+                driver = getattr(driver, part)
+        except Exception as err:  # noqa: BLE001  (the check named a driver that is not there)
+            return {"ok": False, "error": _error(err), "stdout": "", "stderr": ""}
+        guard = self.guard
+
+        def answer(*args, **kwargs):
+            if rules is None:
+                return fn(*args, **kwargs)
+            with guard.watch(rules) as seen:
+                try:
+                    return fn(*args, **kwargs)
+                finally:
+                    if seen:
+                        raise AssertionError(seen.message(name))
+
+        value, failure = None, None
+        with _captured() as (out, err):
+            try:
+                value = run_forked(driver, int(spec["world_size"]), answer, *message["args"], timeout=float(spec["timeout"]))
+            except Exception as exc:  # a rank that raised, died or hung: the message names it
+                failure = exc
+        return {"ok": failure is None, "value": wire.encode(value), "error": _error(failure) if failure else None,
+                "violations": None, "args": [], "kwargs": {}, "stdout": out.text(), "stderr": err.text()}
 
 
 def _serve_main(read_fd: int, write_fd: int, isolation: str) -> None:
@@ -300,12 +348,35 @@ def _make_reachable(paths: list[str], stage: str) -> list[str]:
     return problems
 
 
+def _loopback_up() -> bool:
+    """Bring up the loopback interface of the sandbox's own network namespace (``ip link set lo up``).
+
+    Only the sandbox's processes are on it: the checks of lesson 07 run a process group over
+    it; nothing outside the sandbox can be reached.
+    """
+    import fcntl
+    import socket
+    import struct
+
+    siocgifflags, siocsifflags, iff_up = 0x8913, 0x8914, 0x1
+    try:
+        with socket.socket(socket.AF_INET, socket.SOCK_DGRAM) as sock:
+            request = struct.pack("16sH14s", b"lo", 0, bytes(14))
+            flags = struct.unpack("16sH", fcntl.ioctl(sock, siocgifflags, request)[:18])[1]
+            fcntl.ioctl(sock, siocsifflags, struct.pack("16sH14s", b"lo", flags | iff_up, bytes(14)))
+        return True
+    except OSError:
+        return False
+
+
 def _isolate(workdir: str, hide: list[str], reach: list[str]) -> list[str]:
     """Inside fresh namespaces: read-only everything, a bare /dev, hidden secrets, a writable workdir.
 
     Returns what could not be done (empty when all went as planned).
     """
     problems = []
+    if not _loopback_up():
+        problems.append("no loopback network (the process groups of lesson 07 cannot meet)")
     stage = tempfile.mkdtemp(prefix="stage-", dir=workdir)
     _mount("--make-rprivate", "/")
     problems += _make_reachable(reach, stage)
@@ -543,7 +614,14 @@ class Sandbox:
         self._pid = self._serve_pid()
 
     def _environment(self) -> dict:
-        env = {k: v for k, v in os.environ.items() if not k.startswith(("JPY_", "JUPYTER_"))}
+        """What the sandbox's Python is started with: a few named variables of the grader's, no more.
+
+        The grader's environment may hold secrets (tokens, passwords) and paths into the
+        instructor's folders (caches that PyTorch records there, such as
+        ``TORCHINDUCTOR_CACHE_DIR``), so only :data:`PASSED_ON` is passed on; every cache and
+        temporary folder is the sandbox's working folder.
+        """
+        env = {k: v for k, v in os.environ.items() if k in PASSED_ON or k.startswith("LC_")}
         if self.uid is not None:  # the grader is root: the sandbox runs as a user of its own
             env["COURSE_SANDBOX_UID"] = str(self.uid)
         limits = {k: getattr(self.limits, k) for k in ("cpu_seconds", "memory_mib", "processes", "file_mib")}
@@ -553,8 +631,11 @@ class Sandbox:
         # one thread: CPU time then measures the work, not threads spinning while they wait for a core
         env.setdefault("OMP_NUM_THREADS", "1")
         env.update(HOME=self.workdir, TMPDIR=self.workdir, MPLBACKEND="Agg", IPYTHONDIR=f"{self.workdir}/.ipython",
-                   MPLCONFIGDIR=f"{self.workdir}/.matplotlib", PYTHONDONTWRITEBYTECODE="1",
-                   PYTHONPATH=os.pathsep.join(p for p in (package_parent, env.get("PYTHONPATH")) if p))
+                   MPLCONFIGDIR=f"{self.workdir}/.matplotlib", XDG_CACHE_HOME=f"{self.workdir}/.cache",
+                   TORCHINDUCTOR_CACHE_DIR=f"{self.workdir}/.cache/torchinductor",
+                   TRITON_CACHE_DIR=f"{self.workdir}/.cache/triton", HF_HUB_OFFLINE="1",
+                   PYTHONDONTWRITEBYTECODE="1",
+                   PYTHONPATH=package_parent)
         return env
 
     def _serve_pid(self) -> int | None:
@@ -730,10 +811,15 @@ class Sandbox:
             result.ok, result.error = False, self._stopped(how, "the cell")
         return result
 
-    def call(self, name: str, args: tuple, kwargs: dict, rules: dict | None = None) -> CallResult:
-        """Call the learner's function ``name`` with copies of ``args`` and ``kwargs``, watched by ``rules``."""
+    def call(self, name: str, args: tuple, kwargs: dict, rules: dict | None = None, workers: dict | None = None) -> CallResult:
+        """Call the learner's function ``name`` with copies of ``args`` and ``kwargs``, watched by ``rules``.
+
+        With ``workers`` (``{"driver": "course_lib.checks.<module>:<function>", "world_size": N,
+        "timeout": seconds}``) the call runs the driver on N ranks of a process group instead,
+        each handing it the learner's function (see ``_Server.call_in_workers``).
+        """
         reply, how = self._exchange({"op": "call", "name": name, "args": tuple(args), "kwargs": dict(kwargs),
-                                     "rules": rules})
+                                     "rules": rules, "workers": workers})
         if how != "ok":
             return CallResult(False, error=self._stopped(how, name), timed_out=how != "died")
         return CallResult(bool(reply.get("ok")), reply.get("value"), reply.get("error"), reply.get("violations"),

@@ -10,6 +10,7 @@ import time
 import numpy as np
 import pytest
 import torch
+from pathlib import Path
 
 from course_lib import wire
 from course_lib.sandbox import Limits, Sandbox, namespaces_available
@@ -124,6 +125,23 @@ def test_the_sandbox_cannot_see_hidden_files_write_outside_its_folder_or_reach_t
         with Sandbox(timeout=3) as other:
             assert other.uid != sandbox.uid
             assert not sandbox.run_cell(f"os.listdir({other.workdir!r})").ok
+
+
+def test_the_graders_environment_is_not_passed_on_and_caches_are_the_sandboxs_own(monkeypatch, tmp_path):
+    # a grader that compiled something has PyTorch's cache folder in its environment; a read-only
+    # folder there must not break `import torch` in the sandbox, and secrets must not reach it
+    monkeypatch.setenv("TORCHINDUCTOR_CACHE_DIR", str(tmp_path / "graders-cache"))
+    monkeypatch.setenv("INSTRUCTOR_TOKEN", "secret")
+    with Sandbox(timeout=30) as box:
+        probe = box.run_cell(
+            "import os, tempfile\n"
+            "from torch._inductor.runtime.cache_dir_utils import cache_dir\n"
+            "print(cache_dir()); print(tempfile.gettempdir()); print(os.environ.get('INSTRUCTOR_TOKEN'))")
+        assert probe.ok, probe.error
+        cache, temporary, token = probe.stdout.split()
+        assert Path(cache).is_relative_to(box.workdir) and temporary == box.workdir
+        assert token == "None"
+    assert not (tmp_path / "graders-cache").exists()
 
 
 @pytest.mark.skipif(not namespaces_available(), reason="without a process namespace a detached process can outlive it")
