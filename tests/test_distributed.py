@@ -8,6 +8,7 @@ import time
 
 import pytest
 import torch
+import torch.distributed as dist
 
 from course_lib import distributed as D
 
@@ -99,6 +100,49 @@ def test_a_failing_worker_ends_the_run_naming_its_rank_and_leaves_no_process(how
     assert time.monotonic() - start < 60
     time.sleep(0.5)
     assert set(_children()) - before == set()
+
+
+def _direct_children() -> set[int]:
+    me, found = str(os.getpid()), set()
+    for entry in os.listdir("/proc"):
+        if entry.isdigit():
+            try:
+                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if fields[1] == me and fields[0] != "Z":
+                found.add(int(entry))
+    return found
+
+
+def _forked_sum(rank, world_size, scale):
+    t = torch.full((2,), float(rank + 1)) * scale
+    dist.all_reduce(t)
+    print(f"rank {rank} summed")
+    return t
+
+
+def test_forked_workers_run_a_notebooks_function_and_return_in_rank_order(capsys):
+    def notebook_cell_function(rank, world_size):  # defined here, not importable: fork needs no import
+        return _forked_sum(rank, world_size, 2.0), dist.get_world_size()
+
+    results = D.run_forked(notebook_cell_function, 3)
+    assert [w for _, w in results] == [3, 3, 3]
+    for t, _ in results:
+        assert torch.equal(t, torch.full((2,), 12.0))
+    assert "[rank 2] rank 2 summed" in capsys.readouterr().out  # what a worker printed comes back
+
+
+@pytest.mark.parametrize("how, words", [("raise", "rank 1 raised"), ("die", "rank 1 died (exit code 7)"),
+                                        ("hang", "did not finish within 3 s")])
+def test_a_failing_forked_worker_ends_the_run_naming_its_rank_and_leaves_no_process(how, words):
+    before = _direct_children()
+    with pytest.raises(D.WorkerError, match=r"rank") as err:
+        D.run_forked(D.misbehave, 3, how, 1, timeout=3)
+    assert words in str(err.value), str(err.value)
+    if how == "raise":
+        assert "ran out of data" in str(err.value)  # its traceback
+    assert _direct_children() - before == set()
 
 
 def test_healthy_workers_return_in_rank_order():
