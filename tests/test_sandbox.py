@@ -127,6 +127,22 @@ def test_the_sandbox_cannot_see_hidden_files_write_outside_its_folder_or_reach_t
             assert not sandbox.run_cell(f"os.listdir({other.workdir!r})").ok
 
 
+@pytest.mark.skipif(not namespaces_available(), reason="without a network namespace the sandbox shares the machine's loopback")
+def test_the_sandboxs_loopback_is_its_own(sandbox):
+    """Its loopback is up (lesson 07's ranks meet there) but is not the machine's: a server here cannot be reached."""
+    import socket
+
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen()
+        port = server.getsockname()[1]
+        reach = sandbox.run_cell(f"import socket\nsocket.create_connection(('127.0.0.1', {port}), timeout=2)")
+        assert not reach.ok and reach.error["ename"] in ("ConnectionRefusedError", "TimeoutError", "OSError"), reach.error
+    own = sandbox.run_cell("import socket\ns = socket.socket(); s.bind(('127.0.0.1', 0)); s.listen()\n"
+                           "c = socket.create_connection(s.getsockname(), timeout=2); print('connected')")
+    assert own.ok and own.stdout == "connected\n", own.error
+
+
 def test_the_graders_environment_is_not_passed_on_and_caches_are_the_sandboxs_own(monkeypatch, tmp_path):
     # a grader that compiled something has PyTorch's cache folder in its environment; a read-only
     # folder there must not break `import torch` in the sandbox, and secrets must not reach it
