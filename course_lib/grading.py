@@ -345,23 +345,33 @@ def measure_notebook(notebook: Path, timeout: int = 600) -> dict:
     """Execute ``notebook`` in a fresh kernel and measure it; raises if a cell fails.
 
     Returns ``seconds`` (wall time of the run), ``cpu_seconds`` (user + system CPU time of
-    the kernel) and ``peak_rss`` (the kernel's peak resident set size, in bytes).
+    the kernel and the processes it started) and ``peak_rss`` (the peak memory of the kernel
+    and every process it started, together, in bytes: the worker processes of lesson 07 count).
 
     The run happens in a child process whose only child is the kernel, so that
     ``getrusage(RUSAGE_CHILDREN)`` there, read once the kernel has exited, reports the
-    kernel's own CPU time and memory.
+    kernel's own CPU time and largest resident set; on Linux a thread also sums the
+    proportional set size (PSS: shared pages split between the processes that share them) of
+    the kernel and its descendants every 50 ms, and the peak is the larger of the two.
     """
     code = (
-        "import json, resource, sys, time, nbformat\n"
+        "import json, os, resource, sys, threading, time, nbformat\n"
         "from nbclient import NotebookClient\n"
+        "from course_lib.grading import tree_memory\n"
         "nb = nbformat.read(sys.argv[1], as_version=4)\n"
+        "peak, done = [0], threading.Event()\n"
+        "def sample():\n"
+        "    while not done.wait(0.05):\n"
+        "        peak[0] = max(peak[0], tree_memory(os.getpid()))\n"
+        "threading.Thread(target=sample, daemon=True).start()\n"
         "t = time.perf_counter()\n"
         "NotebookClient(nb, timeout=int(sys.argv[2]), kernel_name='python3',\n"
         "               resources={'metadata': {'path': sys.argv[3]}}).execute()\n"
         "seconds = time.perf_counter() - t\n"
+        "done.set()\n"
         "kernel = resource.getrusage(resource.RUSAGE_CHILDREN)\n"
         "print(json.dumps({'seconds': seconds, 'cpu_seconds': kernel.ru_utime + kernel.ru_stime,\n"
-        "                  'peak_rss': kernel.ru_maxrss * 1024}))\n"
+        "                  'peak_rss': max(kernel.ru_maxrss * 1024, peak[0])}))\n"
     )
     notebook = Path(notebook).resolve()
     with _venv_bin_on_path():
@@ -372,6 +382,34 @@ def measure_notebook(notebook: Path, timeout: int = 600) -> dict:
     if proc.returncode != 0:
         raise RuntimeError(f"{notebook.name} failed to execute:\n{proc.stderr[-4000:]}")
     return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def tree_memory(pid: int) -> int:
+    """Bytes of memory held by the descendants of process ``pid`` (not ``pid`` itself), summed; Linux only, else 0.
+
+    Each process counts its proportional set size (``Pss`` in ``/proc/<pid>/smaps_rollup``):
+    a page shared by k processes counts 1/k in each, so forked or spawned workers that share
+    PyTorch's libraries are not counted k times over.
+    """
+    children: dict[int, list[int]] = {}
+    for entry in os.listdir("/proc") if os.path.isdir("/proc") else []:
+        if entry.isdigit():
+            try:
+                with open(f"/proc/{entry}/stat") as f:
+                    parent = int(f.read().rsplit(")", 1)[1].split()[1])
+            except (OSError, ValueError, IndexError):
+                continue
+            children.setdefault(parent, []).append(int(entry))
+    total, todo = 0, list(children.get(pid, []))
+    while todo:
+        child = todo.pop()
+        todo += children.get(child, [])
+        try:
+            with open(f"/proc/{child}/smaps_rollup") as f:
+                total += next(int(line.split()[1]) * 1024 for line in f if line.startswith("Pss:"))
+        except (OSError, StopIteration, ValueError):
+            continue
+    return total
 
 
 TIMINGS_COLUMNS = "| notebook | wall time (s) | kernel CPU time (s) | peak memory (MiB) |"
@@ -400,9 +438,11 @@ def timings_header() -> str:
     return (
         "# Solution notebooks: time and memory\n\n"
         "A benchmark, not a test: `make timings` executes each solution notebook from a fresh kernel\n"
-        "and records its wall time, the CPU time of the kernel (user + system) and the kernel's peak\n"
-        "resident set size. Budget: 60 s and 1.5 GB each on 2 idle CPU cores. Wall time depends on how\n"
-        "busy the machine is; CPU time much less so. Run it on an otherwise idle machine.\n\n"
+        "and records its wall time, the CPU time of the kernel and the processes it started (user +\n"
+        "system) and the peak memory of the kernel and every process it started, together (their\n"
+        "proportional set sizes, sampled every 50 ms, or the kernel's peak resident set size where\n"
+        "that is larger). Budget: 60 s and 1.5 GB each on 2 idle CPU cores. Wall time depends on\n"
+        "how busy the machine is; CPU time much less so. Run it on an otherwise idle machine.\n\n"
         f"Measured with {os.cpu_count()} CPU cores; load average (1 min) before the run: {load:.2f}.\n\n"
     )
 

@@ -1,7 +1,7 @@
 """Every solution notebook fits the course's budget: 60 s and 1.5 GB on 2 CPU cores.
 
 The budget is a benchmark, not a test: `make timings` measures each solution notebook
-(wall time, the kernel's CPU time, its peak memory) on an idle machine and writes the
+(wall time, the kernel's CPU time, the peak memory of the kernel and its processes) on an idle machine and writes the
 table bench/notebook_timings.md. These tests check that the committed table covers
 every notebook and records figures within budget, and that the measurement itself
 measures the kernel. No test here depends on how fast or busy the machine is.
@@ -54,6 +54,23 @@ def test_measure_notebook_measures_the_kernel(tmp_path):
     assert set(measured) == {"seconds", "cpu_seconds", "peak_rss"}
     assert measured["peak_rss"] >= 300 * 2**20, f"peak {measured['peak_rss'] / 2**20:.0f} MiB"
     assert measured["cpu_seconds"] > 0.05, f"CPU time {measured['cpu_seconds']} s"
+
+
+@pytest.mark.slow
+@pytest.mark.timeout(300)
+def test_measure_notebook_counts_the_processes_the_kernel_starts(tmp_path):
+    """A kernel holding 300 MiB that starts a process holding 400 MiB: the peak counts both (lesson 07's workers)."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [
+        nbformat.v4.new_code_cell("block = b\"x\" * (300 * 2**20)"),
+        nbformat.v4.new_code_cell(
+            "import subprocess, sys\n"
+            "subprocess.run([sys.executable, '-c', 'import time; b = b\"y\" * (400 * 2**20); time.sleep(1.5)'], check=True)"),
+    ]
+    path = tmp_path / "workers.ipynb"
+    nbformat.write(nb, path)
+    measured = grading.measure_notebook(path)
+    assert measured["peak_rss"] >= 650 * 2**20, f"peak {measured['peak_rss'] / 2**20:.0f} MiB"
 
 
 @pytest.mark.slow
