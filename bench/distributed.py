@@ -52,7 +52,10 @@ def table(psi: int, runs: dict, single) -> str:
              "from-scratch ZeRO-1 and ZeRO-2 keep one flat buffer more than the formula counts (a gradient shard beside the "
              "full gradients, a full parameter buffer to all-gather into). Sent: FSDP2 keeps the root module's parameters "
              "gathered between forward and backward, so it all-gathers once a step, not twice (2(N-1)/N, not 3(N-1)/N, of its "
-             "padded buffer).", "",
+             "padded buffer). Time: rank 0's wall time per step over one process's on the whole global batch; "
+             "perfect data parallelism on N free cores would approach 1/N. Here N processes share the machine's cores, gloo "
+             "copies through the kernel's loopback, and a step of this small model takes milliseconds, so fixed costs per "
+             "collective dominate: the column says nothing about NCCL on GPUs.", "",
              f"Ψ = {psi:,} parameters (course-lm-small, float64; Adam keeps 2 float64 states: 32 bytes per parameter "
              f"unsharded), {STEPS} steps. One process: {single.seconds / STEPS * 1000:.0f} ms per step.", "",
              "| N | strategy | stored per rank (MB) | formula (MB) | sent per step per rank (MB) | formula (MB) | "

@@ -55,7 +55,7 @@ class WorkerError(RuntimeError):
     """A worker raised, died or hung; the message names its rank."""
 
 
-def _worker(rank: int, world_size: int, store_path: str, fn, args, results) -> None:
+def _worker(rank: int, world_size: int, store_path: str, fn, args, results, backend: str = "gloo") -> None:
     from course_lib.sandbox import die_with_parent
 
     die_with_parent()
@@ -64,7 +64,6 @@ def _worker(rank: int, world_size: int, store_path: str, fn, args, results) -> N
     faulthandler.register(signal.SIGUSR1, file=stacks, all_threads=False)
     joined = False
     try:
-        backend = "nccl" if torch.cuda.is_available() and os.environ.get("COURSE_DEVICE") != "cpu" else "gloo"
         dist.init_process_group(backend, store=dist.FileStore(store_path, world_size), rank=rank, world_size=world_size)
         joined = True
         value = fn(rank, world_size, *args)
@@ -84,8 +83,11 @@ def _worker(rank: int, world_size: int, store_path: str, fn, args, results) -> N
     os._exit(0)  # past the interpreter's teardown, where gloo's threads sometimes abort
 
 
-def run_workers(fn, world_size: int, *args, timeout: float = 120.0) -> list:
+def run_workers(fn, world_size: int, *args, timeout: float = 120.0, backend: str = "gloo") -> list:
     """Run ``fn(rank, world_size, *args)`` in ``world_size`` processes joined in one process group.
+
+    ``backend`` is ``"gloo"`` (CPU tensors, the default, whatever the machine has) or ``"nccl"``
+    (CUDA tensors, one GPU per rank: ``fn`` puts rank r's tensors on ``cuda:r``).
 
     ``fn`` must be importable (defined in a module, not in a notebook cell). The group meets
     through a file store in a fresh temporary folder (never a fixed port). Returns the
@@ -100,7 +102,7 @@ def run_workers(fn, world_size: int, *args, timeout: float = 120.0) -> list:
     results = context.Queue()
     with tempfile.TemporaryDirectory(prefix="course-dist-") as folder:
         store = os.path.join(folder, "store")
-        procs = [context.Process(target=_worker, args=(r, world_size, store, fn, args, results), daemon=True)
+        procs = [context.Process(target=_worker, args=(r, world_size, store, fn, args, results, backend), daemon=True)
                  for r in range(world_size)]
         for proc in procs:
             proc.start()

@@ -16,6 +16,7 @@ import torch.nn.functional as F
 
 import course_lib
 import course_lib.attention
+import course_lib.distributed
 import course_lib.flash
 import course_lib.formats
 import course_lib.kvcache
@@ -66,6 +67,14 @@ def _decode_fp16_torch(bits):
 
 def _decode_fp16_tensor_numpy(bits):
     return float(torch.tensor([bits], dtype=torch.int32).numpy().astype(np.uint16).view(np.float16)[0])
+
+
+def _average_with_course_comm(model):
+    comm = course_lib.distributed.Comm(torch.distributed.get_world_size())
+    for p in model.parameters():
+        if p.grad is not None:
+            comm.all_reduce(p.grad)
+            p.grad /= comm.world_size
 
 
 def _mha_with_torch_module(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
@@ -170,6 +179,20 @@ CHEATS = {
     "test_kv_cache_bytes_from_config": {
         "wraps the reference": lambda config, seq_len, batch_size=1, bytes_per_value=2:
             course_lib.kvcache.kv_cache_bytes_from_config(config, seq_len, batch_size, bytes_per_value),
+    },
+    "test_ring_all_reduce": {
+        "wraps the reference": lambda tensors: course_lib.distributed.ring_all_reduce(tensors),
+    },
+    "test_shard": {
+        "wraps the references": {"shard": lambda flat, rank, world_size: course_lib.distributed.shard(flat, rank, world_size),
+                                 "unshard": lambda shards, numel: course_lib.distributed.unshard(shards, numel)},
+    },
+    "test_zero_memory_per_gpu": {
+        "wraps the reference": lambda n_params, world_size, stage, weight_bytes=2, grad_bytes=2, optimizer_bytes=12:
+            course_lib.distributed.zero_bytes_per_rank(n_params, world_size, stage, optimizer_bytes, weight_bytes, grad_bytes),
+    },
+    "test_average_gradients": {
+        "the course's counted all-reduce": _average_with_course_comm,
     },
 }
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import attention, flash, kvcache, memory, models, tokenizer
+from course_lib import attention, distributed, flash, kvcache, memory, models, tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import basics as basics_checks
+from course_lib.checks import distributed as distributed_checks
 from course_lib.checks import flash as flash_checks
 from course_lib.checks import formats as formats_checks
 from course_lib.checks import kvcache as kvcache_checks
@@ -69,6 +70,11 @@ CHECKS = [
     (kvcache_checks.check_kv_cache_bytes_from_config_against_transformers, "kv_cache_bytes_from_config"),
     (kvcache_checks.check_cached_attention_step, "cached_attention_step"),
     (kvcache_checks.check_cached_attention_step_decodes_like_full_attention, "cached_attention_step"),
+    (distributed_checks.check_ring_all_reduce, "ring_all_reduce"),
+    (distributed_checks.check_shard, "shard"),
+    (distributed_checks.check_unshard, "unshard"),
+    (distributed_checks.check_zero_memory_per_gpu, "zero_memory_per_gpu"),
+    (distributed_checks.check_average_gradients, "average_gradients"),
 ]
 
 
@@ -100,6 +106,10 @@ def test_check_accepts_the_solution(check, names):
         (flash_checks.check_causal_tile_skip, flash.causal_tile_skip),
         (kvcache_checks.check_repeat_kv, attention.repeat_kv),
         (kvcache_checks.check_kv_cache_bytes_from_config, kvcache.kv_cache_bytes_from_config),
+        (distributed_checks.check_ring_all_reduce, distributed.ring_all_reduce),
+        (distributed_checks.check_shard, distributed.shard),
+        (distributed_checks.check_unshard, distributed.unshard),
+        (distributed_checks.check_zero_memory_per_gpu, distributed.zero_bytes_per_rank),
     ],
 )
 def test_check_refuses_the_course_reference_itself(check, reference):

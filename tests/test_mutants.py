@@ -14,6 +14,7 @@ import pytest
 
 from tests.mutants import attention as attention_mutants
 from tests.mutants import basics as basics_mutants
+from tests.mutants import distributed as distributed_mutants
 from tests.mutants import flash as flash_mutants
 from tests.mutants import formats as formats_mutants
 from tests.mutants import kvcache as kvcache_mutants
@@ -21,7 +22,8 @@ from tests.mutants import memory as memory_mutants
 from tests.mutants import models as models_mutants
 from tests import answers
 
-MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants, memory_mutants, formats_mutants, flash_mutants, kvcache_mutants]
+MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants, memory_mutants, formats_mutants, flash_mutants, kvcache_mutants,
+                 distributed_mutants]
 MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}
 
 
