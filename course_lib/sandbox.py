@@ -310,9 +310,12 @@ def _mount_points() -> list[str]:
 
 
 def _blocked_ancestor(path: str) -> str | None:
-    """The highest folder above ``path`` that other users may not enter (``/root`` is often 700), or None."""
+    """The highest folder above ``path``, or ``path`` itself, that other users may not enter, or None.
+
+    ``/root`` is often 700, and so is a folder made by ``mktemp -d`` that holds a clone of the course.
+    """
     parts = Path(path).resolve().parts
-    for i in range(2, len(parts)):
+    for i in range(2, len(parts) + 1):
         folder = os.path.join(*parts[:i])
         if not os.stat(folder).st_mode & 0o001:
             return folder
@@ -338,14 +341,33 @@ def _make_reachable(paths: list[str], stage: str) -> list[str]:
             continue
         moved.setdefault(blocked, []).append((path, target))
     for blocked, pairs in moved.items():
-        _mount("-t", "tmpfs", "-o", "mode=711,nosuid,nodev", "tmpfs", blocked)
+        # a closed folder that is itself needed is listed (Python reads the folders on its path)
+        itself = any(path == blocked for path, _ in pairs)
+        _mount("-t", "tmpfs", "-o", f"mode={'755' if itself else '711'},nosuid,nodev", "tmpfs", blocked)
         for path, target in pairs:
+            if path == blocked:  # the folder's own mode cannot change: its entries reappear one by one
+                _bind_entries(target, path)
+                continue
             os.makedirs(path, exist_ok=True)
             for parent in Path(path).parents:
                 if str(parent).startswith(blocked):
                     os.chmod(parent, 0o711)
             _mount("--bind", target, path)
     return problems
+
+
+def _bind_entries(source: str, folder: str) -> None:
+    """Make every entry of ``source`` appear in the (empty, open) ``folder``: bound, or a symlink copied."""
+    for name in os.listdir(source):
+        src, dst = os.path.join(source, name), os.path.join(folder, name)
+        if os.path.islink(src):
+            os.symlink(os.readlink(src), dst)
+            continue
+        if os.path.isdir(src):
+            os.mkdir(dst)
+        else:
+            Path(dst).touch()
+        _mount("--bind", src, dst)
 
 
 def _loopback_up() -> bool:

@@ -143,6 +143,29 @@ def test_the_sandboxs_loopback_is_its_own(sandbox):
     assert own.ok and own.stdout == "connected\n", own.error
 
 
+@pytest.mark.skipif(os.geteuid() != 0 or not namespaces_available(), reason="only a grader that is root gives the sandbox a user of its own")
+def test_a_needed_folder_that_others_may_not_enter_is_reached(monkeypatch):
+    """A clone of the course in a folder made by ``mktemp -d`` (mode 700): the sandbox's user still reaches it."""
+    import shutil
+    import tempfile
+
+    from course_lib import sandbox as sandbox_module
+
+    closed = Path(tempfile.mkdtemp(prefix="closed-course-"))  # 700, right under /tmp
+    try:
+        (closed / "pkg").mkdir()
+        (closed / "pkg" / "data.txt").write_text("inside")
+        (closed / "link").symlink_to("pkg")
+        needed = sandbox_module._needed_paths
+        monkeypatch.setattr(sandbox_module, "_needed_paths", lambda: [*needed(), str(closed)])
+        with Sandbox(timeout=30) as box:
+            probe = box.run_cell(f"import os\nprint(open('{closed}/link/data.txt').read(), sorted(os.listdir('{closed}')))")
+            assert probe.ok and probe.stdout == "inside ['link', 'pkg']\n", probe.error
+            assert not box.run_cell(f"open('{closed}/pkg/data.txt', 'w')").ok  # still read-only
+    finally:
+        shutil.rmtree(closed)
+
+
 def test_the_graders_environment_is_not_passed_on_and_caches_are_the_sandboxs_own(monkeypatch, tmp_path):
     # a grader that compiled something has PyTorch's cache folder in its environment; a read-only
     # folder there must not break `import torch` in the sandbox, and secrets must not reach it
