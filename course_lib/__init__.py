@@ -19,6 +19,7 @@ One module per idea; each function's docstring names the lesson that teaches it.
 - ``quant``       lesson 04: absmax, zero-point, per-block, NF4 and LLM.int8()-style quantization
 - ``distributed`` lesson 07: worker processes, DDP, ZeRO 1-3, FSDP2 and tensor parallelism, bytes counted
 - ``lora``        lesson 08: LoRA layers, injection, merging, several adapters on one base; adapters to and from peft
+- ``prompt_tuning`` lesson 08: trainable virtual tokens in front of a frozen model
 - ``checks``      the checks that grade the exercises (``checks.guard``: what each exercise's answer may not call)
 - ``grading``     release, autograde and self-check with nbgrader; the learner edition; notebook timings
 - ``autograde``   lesson 00: grading a notebook without trusting it (test cells judged in the grader)

@@ -324,12 +324,21 @@ class DecoderLM(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
         _require_token_ids("input_ids", input_ids, self.config.vocab_size)
+        return self.forward_embeddings(self.embed(input_ids), cache)                # embeddings (B, L, d_model)
+
+    def forward_embeddings(self, x: torch.Tensor, cache: KVCache | None = None) -> torch.Tensor:
+        """The model from its input embeddings ``x`` ``(batch, seq, d_model)`` on: logits ``(batch, seq, vocab)``.
+
+        Prompt tuning (lesson 08) puts trained vectors in front of the tokens' embeddings here.
+        Defined in lesson 02.
+        """
+        if x.dim() != 3 or x.shape[-1] != self.config.d_model:
+            raise ValueError(f"x should have shape (batch, seq, {self.config.d_model}), got {tuple(x.shape)}")
         start = 0 if cache is None else len(cache)       # position of the first new token
-        end = start + input_ids.shape[1]
+        end = start + x.shape[1]
         if end > self.config.max_seq_len:
             raise ValueError(f"positions up to {end - 1} exceed max_seq_len={self.config.max_seq_len}")
-        x = self.embed(input_ids)                                                  # (B, L, d_model)
-        positions = torch.arange(start, end, device=input_ids.device)
+        positions = torch.arange(start, end, device=x.device)
         cos, sin = rope_cos_sin(positions, self.config.head_dim, self.config.rope_theta, x.dtype)
         for block in self.blocks:
             x = block(x, cos, sin, cache)
