@@ -116,7 +116,7 @@ def test_the_course_checkpoint_with_lora_equals_peft(checkpoint):
     theirs_grads = {k.replace(".default", ""): p.grad for k, p in theirs.named_parameters() if p.requires_grad}
     assert ours_grads.keys() == theirs_grads.keys()
     for key, grad in theirs_grads.items():
-        assert torch.allclose(ours_grads[key], grad, rtol=1e-3, atol=1e-6), key
+        assert torch.allclose(ours_grads[key], grad, rtol=1e-5, atol=1e-6), key  # measured: 8.7e-7 of the largest at most
 
 
 def test_adapters_move_between_the_course_and_peft(checkpoint, tmp_path):
