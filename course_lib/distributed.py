@@ -464,9 +464,8 @@ def _optimizer_bytes(optimizer: torch.optim.Optimizer) -> int:
                           if isinstance(v, torch.Tensor) and v.dim() > 0)
 
 
-def _local_batch(batch: tuple[torch.Tensor, torch.Tensor], rank: int, world_size: int, strategy: str):
-    if strategy == "single":
-        return batch
+def local_batch(batch: tuple[torch.Tensor, torch.Tensor], rank: int, world_size: int):
+    """Rank ``rank``'s rows of the global ``batch`` ``(x, y)``: the ``rank``-th of ``world_size`` equal, contiguous parts."""
     x, y = batch
     if x.shape[0] % world_size:
         raise ValueError(f"the global batch ({x.shape[0]}) must split evenly over {world_size} ranks")
@@ -498,7 +497,7 @@ def train(rank: int, world_size: int, strategy: str, make_model, batches, lr: fl
         optimizer = torch.optim.Adam(model.parameters(), lr=lr)
         buckets = _Buckets(model, comm, bucket_bytes) if strategy == "dp" else None
         for batch in batches:
-            x, y = _local_batch(batch, rank, world_size, strategy)
+            x, y = batch if strategy == "single" else local_batch(batch, rank, world_size)
             optimizer.zero_grad(set_to_none=True)
             loss = _loss(net, x, y)
             loss.backward()
@@ -625,7 +624,7 @@ def _train_zero(rank, world_size, stage, model, batches, lr, comm):
     if stage == 3:
         flat.free()
     for batch in batches:
-        x, y = _local_batch(batch, rank, world_size, "zero")
+        x, y = local_batch(batch, rank, world_size)
         if stage == 3:
             flat.gather(comm, local)  # parameters for the forward pass
         for p in flat.params:
@@ -702,7 +701,7 @@ def _train_fsdp2(rank, world_size, model, batches, lr, comm):
     optimizer = torch.optim.Adam(model.parameters(), lr=lr)
     losses = []
     for batch in batches:
-        x, y = _local_batch(batch, rank, world_size, "fsdp2")
+        x, y = local_batch(batch, rank, world_size)
         optimizer.zero_grad(set_to_none=True)
         with counted_collectives(comm):
             loss = _loss(model, x, y)

@@ -262,18 +262,7 @@ class _Server:
                 driver = getattr(driver, part)
         except Exception as err:  # noqa: BLE001  (the check named a driver that is not there)
             return {"ok": False, "error": _error(err), "stdout": "", "stderr": ""}
-        guard = self.guard
-
-        def answer(*args, **kwargs):
-            if rules is None:
-                return fn(*args, **kwargs)
-            with guard.watch(rules) as seen:
-                try:
-                    return fn(*args, **kwargs)
-                finally:
-                    if seen:
-                        raise AssertionError(seen.message(name))
-
+        answer = fn if rules is None else self.guard.watched(fn, rules)
         value, failure = None, None
         with _captured() as (out, err):
             try:

@@ -39,17 +39,20 @@ def test_the_table_reader_reads_what_timings_row_writes():
     assert ROW.findall(row) == [("00_x", "2.0", "3.3", "300")]
 
 
+def _notebook(path, *cells: str):
+    """Write a notebook of these code cells to ``path``; return the path."""
+    nb = nbformat.v4.new_notebook()
+    nb.cells = [nbformat.v4.new_code_cell(source) for source in cells]
+    nbformat.write(nb, path)
+    return path
+
+
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_measure_notebook_measures_the_kernel(tmp_path):
     """A notebook that holds 300 MiB and computes for a while: both show in the kernel's figures."""
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("block = b\"x\" * (300 * 2**20)  # every page written"),
-        nbformat.v4.new_code_cell("total = sum(i * i for i in range(3_000_000))"),
-    ]
-    path = tmp_path / "busy.ipynb"
-    nbformat.write(nb, path)
+    path = _notebook(tmp_path / "busy.ipynb", "block = b\"x\" * (300 * 2**20)  # every page written",
+                     "total = sum(i * i for i in range(3_000_000))")
     measured = grading.measure_notebook(path)
     assert set(measured) == {"seconds", "cpu_seconds", "peak_rss"}
     assert measured["peak_rss"] >= 300 * 2**20, f"peak {measured['peak_rss'] / 2**20:.0f} MiB"
@@ -60,15 +63,9 @@ def test_measure_notebook_measures_the_kernel(tmp_path):
 @pytest.mark.timeout(300)
 def test_measure_notebook_counts_the_processes_the_kernel_starts(tmp_path):
     """A kernel holding 300 MiB that starts a process holding 400 MiB: the peak counts both (lesson 07's workers)."""
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [
-        nbformat.v4.new_code_cell("block = b\"x\" * (300 * 2**20)"),
-        nbformat.v4.new_code_cell(
-            "import subprocess, sys\n"
-            "subprocess.run([sys.executable, '-c', 'import time; b = b\"y\" * (400 * 2**20); time.sleep(1.5)'], check=True)"),
-    ]
-    path = tmp_path / "workers.ipynb"
-    nbformat.write(nb, path)
+    path = _notebook(tmp_path / "workers.ipynb", "block = b\"x\" * (300 * 2**20)",
+                     "import subprocess, sys\n"
+                     "subprocess.run([sys.executable, '-c', 'import time; b = b\"y\" * (400 * 2**20); time.sleep(1.5)'], check=True)")
     measured = grading.measure_notebook(path)
     assert measured["peak_rss"] >= 650 * 2**20, f"peak {measured['peak_rss'] / 2**20:.0f} MiB"
 
@@ -76,9 +73,6 @@ def test_measure_notebook_counts_the_processes_the_kernel_starts(tmp_path):
 @pytest.mark.slow
 @pytest.mark.timeout(300)
 def test_measure_notebook_raises_when_a_cell_fails(tmp_path):
-    nb = nbformat.v4.new_notebook()
-    nb.cells = [nbformat.v4.new_code_cell("raise ValueError('broken on purpose')")]
-    path = tmp_path / "broken.ipynb"
-    nbformat.write(nb, path)
+    path = _notebook(tmp_path / "broken.ipynb", "raise ValueError('broken on purpose')")
     with pytest.raises(RuntimeError, match="broken on purpose"):
         grading.measure_notebook(path)

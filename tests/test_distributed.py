@@ -70,24 +70,25 @@ def test_what_each_rank_stores_shrinks_stage_by_stage(runs):
 # --------------------------------------------------------------------------- a worker that fails
 
 
-def _children() -> list[int]:
-    """Worker processes of this process still running (multiprocessing's resource tracker is not one)."""
-    me, found = str(os.getpid()), []
+def _children(marker: str = "") -> set[int]:
+    """Live processes started by this one whose command line holds ``marker`` ("spawn_main": spawned workers,
+    not multiprocessing's resource tracker; "": every child, forked workers included)."""
+    me, found = str(os.getpid()), set()
     for entry in os.listdir("/proc"):
         if entry.isdigit():
             try:
                 fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
+                if fields[1] == me and fields[0] != "Z" and marker in open(f"/proc/{entry}/cmdline").read():
+                    found.add(int(entry))
             except OSError:
                 continue
-            if fields[1] == me and fields[0] != "Z" and "spawn_main" in open(f"/proc/{entry}/cmdline").read():
-                found.append(int(entry))
     return found
 
 
 @pytest.mark.parametrize("how, words", [("raise", "rank 1 raised"), ("die", "rank 1 died (exit code 7)"),
                                         ("hang", "did not finish within")])
 def test_a_failing_worker_ends_the_run_naming_its_rank_and_leaves_no_process(how, words):
-    before = set(_children())
+    before = _children("spawn_main")
     start = time.monotonic()
     with pytest.raises(D.WorkerError, match=r"rank") as err:
         D.run_workers(D.misbehave, 3, how, 1, timeout=20)
@@ -99,20 +100,7 @@ def test_a_failing_worker_ends_the_run_naming_its_rank_and_leaves_no_process(how
         assert re.search(r"rank 0: File .*in barrier", str(err.value)), str(err.value)
     assert time.monotonic() - start < 60
     time.sleep(0.5)
-    assert set(_children()) - before == set()
-
-
-def _direct_children() -> set[int]:
-    me, found = str(os.getpid()), set()
-    for entry in os.listdir("/proc"):
-        if entry.isdigit():
-            try:
-                fields = open(f"/proc/{entry}/stat").read().rsplit(")", 1)[1].split()
-            except OSError:
-                continue
-            if fields[1] == me and fields[0] != "Z":
-                found.add(int(entry))
-    return found
+    assert _children("spawn_main") - before == set()
 
 
 def _forked_sum(rank, world_size, scale):
@@ -136,13 +124,13 @@ def test_forked_workers_run_a_notebooks_function_and_return_in_rank_order(capsys
 @pytest.mark.parametrize("how, words", [("raise", "rank 1 raised"), ("die", "rank 1 died (exit code 7)"),
                                         ("hang", "did not finish within 3 s")])
 def test_a_failing_forked_worker_ends_the_run_naming_its_rank_and_leaves_no_process(how, words):
-    before = _direct_children()
+    before = _children()
     with pytest.raises(D.WorkerError, match=r"rank") as err:
         D.run_forked(D.misbehave, 3, how, 1, timeout=3)
     assert words in str(err.value), str(err.value)
     if how == "raise":
         assert "ran out of data" in str(err.value)  # its traceback
-    assert _direct_children() - before == set()
+    assert _children() - before == set()
 
 
 def test_healthy_workers_return_in_rank_order():

@@ -296,9 +296,8 @@ def _local_backward(rank: int, world_size: int, state: dict, x: torch.Tensor, y:
     """The model on rank ``rank`` after its backward pass on its own rows of the global batch (mean squared error)."""
     model = _Net()
     model.load_state_dict(state)
-    rows = x.shape[0] // world_size
-    part = slice(rank * rows, (rank + 1) * rows)
-    nn.functional.mse_loss(model(x[part]), y[part]).backward()
+    x_rank, y_rank = ref.local_batch((x, y), rank, world_size)
+    nn.functional.mse_loss(model(x_rank), y_rank).backward()
     return model
 
 
@@ -320,9 +319,8 @@ def ddp_rank(rank: int, world_size: int, state: dict, x: torch.Tensor, y: torch.
     model = _Net()
     model.load_state_dict(state)
     ddp = nn.parallel.DistributedDataParallel(model)
-    rows = x.shape[0] // world_size
-    part = slice(rank * rows, (rank + 1) * rows)
-    nn.functional.mse_loss(ddp(x[part]), y[part]).backward()
+    x_rank, y_rank = ref.local_batch((x, y), rank, world_size)
+    nn.functional.mse_loss(ddp(x_rank), y_rank).backward()
     return _grads(model)
 
 
