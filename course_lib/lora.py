@@ -24,6 +24,8 @@ import math
 import torch
 from torch import nn
 
+from course_lib.qlora import NF4Linear
+
 DEFAULT = "default"
 LLAMA_TARGETS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
@@ -43,10 +45,10 @@ class LoRALinear(nn.Module):
     peft does (Kaiming-uniform), and ``lora_B[name].weight`` is ``(out_features, r)``, zeros.
     """
 
-    def __init__(self, base_layer: nn.Linear, r: int, alpha: float, dropout: float = 0.0, adapter: str = DEFAULT):
+    def __init__(self, base_layer: nn.Linear | NF4Linear, r: int, alpha: float, dropout: float = 0.0, adapter: str = DEFAULT):
         super().__init__()
-        if not isinstance(base_layer, nn.Linear):
-            raise ValueError(f"LoRALinear wraps an nn.Linear, got {type(base_layer).__name__}")
+        if not isinstance(base_layer, (nn.Linear, NF4Linear)):
+            raise ValueError(f"LoRALinear wraps an nn.Linear or an NF4Linear (QLoRA), got {type(base_layer).__name__}")
         self.base_layer = base_layer
         for p in base_layer.parameters():
             p.requires_grad_(False)
@@ -71,9 +73,12 @@ class LoRALinear(nn.Module):
         _check_rank_alpha(r, alpha)
         if name in self.lora_A:
             raise ValueError(f"an adapter named {name!r} exists already")
-        weight = self.base_layer.weight
-        a = nn.Linear(self.in_features, r, bias=False, dtype=weight.dtype, device=weight.device)
-        b = nn.Linear(r, self.out_features, bias=False, dtype=weight.dtype, device=weight.device)
+        if isinstance(self.base_layer, NF4Linear):  # QLoRA: the adapters in the dtype the base computes in
+            dtype, device = self.base_layer.compute_dtype, self.base_layer.packed.device
+        else:
+            dtype, device = self.base_layer.weight.dtype, self.base_layer.weight.device
+        a = nn.Linear(self.in_features, r, bias=False, dtype=dtype, device=device)
+        b = nn.Linear(r, self.out_features, bias=False, dtype=dtype, device=device)
         nn.init.kaiming_uniform_(a.weight, a=math.sqrt(5))  # peft's default initialisation of A
         nn.init.zeros_(b.weight)
         self.lora_A[name], self.lora_B[name] = a, b
@@ -108,6 +113,9 @@ class LoRALinear(nn.Module):
         """``W += scaling * B A``: the layer then costs one matmul, and computes the same (up to rounding)."""
         if name in self.merged:
             raise ValueError(f"adapter {name!r} is merged already")
+        if isinstance(self.base_layer, NF4Linear):
+            raise ValueError("cannot merge into a 4-bit NF4 base: W + BA is not on the NF4 grid; dequantize the base "
+                             "(or load it in full precision) and merge there")
         with torch.no_grad():
             self.base_layer.weight += self.delta_weight(name)
         self.merged.append(name)
@@ -127,7 +135,7 @@ def lora_layers(model: nn.Module) -> dict[str, LoRALinear]:
 
 
 def inject_lora(model: nn.Module, r: int, alpha: float, targets=("q_proj", "v_proj"), dropout: float = 0.0) -> list[str]:
-    """Wrap every ``nn.Linear`` whose name ends in one of ``targets`` in a :class:`LoRALinear`; freeze the rest.
+    """Wrap every ``nn.Linear`` (or QLoRA's ``NF4Linear``) named one of ``targets`` in a :class:`LoRALinear`; freeze the rest.
 
     Returns the names of the wrapped layers. Afterwards only the LoRA matrices have
     ``requires_grad``. Defined in lesson 08.
@@ -138,11 +146,11 @@ def inject_lora(model: nn.Module, r: int, alpha: float, targets=("q_proj", "v_pr
     wrapped = []
     for name, module in list(model.named_modules()):
         for child_name, child in list(module.named_children()):
-            if child_name in targets and isinstance(child, nn.Linear):
+            if child_name in targets and isinstance(child, (nn.Linear, NF4Linear)):
                 setattr(module, child_name, LoRALinear(child, r, alpha, dropout))
                 wrapped.append(f"{name}.{child_name}" if name else child_name)
     if not wrapped:
-        raise ValueError(f"no nn.Linear named one of {tuple(targets)} in the model")
+        raise ValueError(f"no nn.Linear or NF4Linear named one of {tuple(targets)} in the model")
     return wrapped
 
 

@@ -32,6 +32,7 @@ import torch
 from course_lib.data import build_corpus
 from course_lib.device import seed_everything
 from course_lib.evaluation import document_ids, exact_match, perplexity
+from course_lib.finetune import install_chat_template
 from course_lib.models import DecoderConfig, DecoderLM, save_pretrained
 from course_lib.tokenizer import BOS_ID, EOS_ID, PAD_ID, course_tokenizer
 from course_lib.train import TrainConfig, random_windows, train
@@ -137,6 +138,7 @@ def pretrain(name: str, out: Path = ASSETS, steps: int | None = None, progress: 
     folder = Path(out) / name
     save_pretrained(model, folder)
     tokenizer.save(folder)
+    install_chat_template(folder)  # lesson 08's chat format, for transformers' apply_chat_template
     record = {
         "name": name,
         "parameters": model.num_parameters(),
