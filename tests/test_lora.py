@@ -197,7 +197,7 @@ def test_bad_arguments_say_what_was_expected():
         L.LoRALinear(nn.Linear(4, 4), r=2, alpha=0)
     with pytest.raises(ValueError, match="nn.Linear"):
         L.LoRALinear(nn.Conv1d(4, 4, 1), r=2, alpha=1)
-    with pytest.raises(ValueError, match="no nn.Linear named"):
+    with pytest.raises(ValueError, match="no nn.Linear or NF4Linear named"):
         L.inject_lora(nn.Sequential(nn.Linear(2, 2)), r=1, alpha=1, targets=("q_proj",))
     model = nn.Sequential()
     model.q_proj = nn.Linear(3, 3)
