@@ -103,6 +103,8 @@ gpu-check:
 	mkdir -p bench/results
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -p no:cacheprovider -p no:nbval -m gpu $(GPU_TESTS) -q | tee bench/results/gpu-tests.txt
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) bench/run_all.py --out bench/results/gpu-bench.md
+	# lesson 08 (needs peft and bitsandbytes there): full fine-tuning vs LoRA vs QLoRA, NF4 on the GPU
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) bench/finetune_gpu.py --out bench/results/finetune-gpu.md
 
 bench: gpu-check
 

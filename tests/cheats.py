@@ -17,9 +17,11 @@ import torch.nn.functional as F
 import course_lib
 import course_lib.attention
 import course_lib.distributed
+import course_lib.finetune
 import course_lib.flash
 import course_lib.formats
 import course_lib.kvcache
+import course_lib.lora
 import course_lib.memory
 import course_lib.models
 import course_lib.quant
@@ -89,6 +91,52 @@ def _mha_with_torch_module(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
 
 def _greedy_with_reference(model, input_ids, max_new_tokens):
     return course_lib.kvcache.generate(model, input_ids, max_new_tokens, strategy="greedy")
+
+
+def _course_lora_layer(weight, bias, lora_A, lora_B, alpha):
+    """The course's LoRALinear holding these matrices (its own dtype and device)."""
+    out_features, in_features = weight.shape
+    base = torch.nn.Linear(in_features, out_features, bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    layer = course_lib.lora.LoRALinear(base, r=lora_A.shape[0], alpha=alpha)
+    with torch.no_grad():
+        base.weight.copy_(weight)
+        if bias is not None:
+            base.bias.copy_(bias)
+        layer.lora_A["default"].weight.copy_(lora_A)
+        layer.lora_B["default"].weight.copy_(lora_B)
+    return layer
+
+
+def _lora_forward_with_course_layer(x, weight, bias, lora_A, lora_B, alpha):
+    with torch.no_grad():
+        return _course_lora_layer(weight, bias, lora_A, lora_B, alpha)(x)
+
+
+def _lora_forward_with_peft(x, weight, bias, lora_A, lora_B, alpha):
+    from peft import LoraConfig, get_peft_model
+
+    holder = torch.nn.Module()
+    holder.proj = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None, dtype=weight.dtype, device=weight.device)
+    layer = get_peft_model(holder, LoraConfig(r=lora_A.shape[0], lora_alpha=alpha, target_modules=["proj"])).base_model.model.proj
+    with torch.no_grad():
+        layer.base_layer.weight.copy_(weight)
+        if bias is not None:
+            layer.base_layer.bias.copy_(bias)
+        layer.lora_A["default"].weight.copy_(lora_A)
+        layer.lora_B["default"].weight.copy_(lora_B)
+        return layer(x)
+
+
+def _merge_with_course_layer(weight, lora_A, lora_B, alpha):
+    layer = _course_lora_layer(weight, None, lora_A, lora_B, alpha)
+    layer.merge()
+    return layer.base_layer.weight.detach().clone()
+
+
+def _count_with_course_references(config, r, targets):
+    shape = course_lib.memory.ModelShape(vocab_size=1000, d_model=config["d_model"], n_layers=config["n_layers"],
+                                         n_heads=config["n_heads"], n_kv_heads=config["n_kv_heads"], d_ff=config["d_ff"])
+    return course_lib.lora.lora_parameter_count(course_lib.finetune.projection_shapes(shape, tuple(targets)), r)
 
 
 CHEATS = {
@@ -193,6 +241,20 @@ CHEATS = {
     },
     "test_average_gradients": {
         "the course's counted all-reduce": _average_with_course_comm,
+    },
+    "test_mask_prompt": {
+        "wraps the reference": lambda input_ids, prompt_lengths, lengths:
+            course_lib.finetune.mask_prompt(input_ids, prompt_lengths, lengths),
+    },
+    "test_lora_forward": {
+        "the course's LoRALinear": _lora_forward_with_course_layer,
+        "peft's LoRA layer": _lora_forward_with_peft,
+    },
+    "test_merge_lora_weight": {
+        "the course's merge": _merge_with_course_layer,
+    },
+    "test_lora_trainable_parameters": {
+        "wraps the references": _count_with_course_references,
     },
 }
 

@@ -39,3 +39,28 @@ def test_attention_bench_on_cuda():
     table = attention.run(quick=True, device=torch.device("cuda"))
     assert "bfloat16" in table and "SDPA cuDNN" in table and len(_data_rows(table)) == 16
     assert "course flash (PyTorch tiles)" in table.split("forward + backward")[1]
+
+
+def test_the_forgetting_sweep_runs_and_its_committed_result_has_every_run():
+    import json
+
+    from bench import finetune as sweep_bench
+
+    quick = sweep_bench.sweep(runs=[sweep_bench.RUNS[3]], chunks=1, steps_per_chunk=2, n_original=5, progress=False)
+    assert [p["step"] for p in quick["runs"][0]["points"]] == [0, 2] and quick["runs"][0]["trainable"] == 41_472
+    committed = json.loads(sweep_bench.OUT.read_text())
+    assert [r["label"] for r in committed["runs"]] == [label for label, *_ in sweep_bench.RUNS]
+    for run in committed["runs"]:
+        assert len(run["points"]) == committed["chunks"] + 1
+        assert run["points"][0] == committed["runs"][0]["points"][0]  # every run starts from the same model
+
+
+def test_the_gpu_fine_tuning_bench_runs_as_a_smoke_test_on_the_cpu(tmp_path):
+    pytest.importorskip("bitsandbytes")
+    from bench import finetune_gpu
+
+    out = tmp_path / "finetune.md"
+    assert finetune_gpu.main(["--out", str(out), "--smoke"]) == 0
+    text = out.read_text()
+    assert "| full |" in text and "| lora |" in text and "[96, 96]" in text
+    assert (tmp_path / "finetune.json").is_file()

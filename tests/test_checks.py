@@ -5,10 +5,11 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import attention, distributed, flash, kvcache, memory, models, tokenizer
+from course_lib import attention, distributed, finetune, flash, kvcache, memory, models, tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import basics as basics_checks
 from course_lib.checks import distributed as distributed_checks
+from course_lib.checks import finetune as finetune_checks
 from course_lib.checks import flash as flash_checks
 from course_lib.checks import formats as formats_checks
 from course_lib.checks import kvcache as kvcache_checks
@@ -75,12 +76,20 @@ CHECKS = [
     (distributed_checks.check_unshard, "unshard"),
     (distributed_checks.check_zero_memory_per_gpu, "zero_memory_per_gpu"),
     (distributed_checks.check_average_gradients, "average_gradients"),
+    (finetune_checks.check_mask_prompt, "mask_prompt"),
+    (finetune_checks.check_lora_forward, "lora_forward"),
+    (finetune_checks.check_merge_lora_weight, "merge_lora_weight"),
+    (finetune_checks.check_lora_trainable_parameters, "lora_trainable_parameters"),
 ]
+
+# Lesson 08's capstone trains a model for each call (seconds, not milliseconds): tests/test_checks_finetune.py
+# runs it once with the solution, instead of five times here.
+TRAINING_CHECKS = [finetune_checks.check_reverse_adapter, finetune_checks.check_reverse_adapter_on_new_lists]
 
 
 def test_every_check_of_every_test_cell_is_listed():
     """Each check that a solution notebook's test cell calls appears in CHECKS."""
-    listed = {check.__name__ for check, _ in CHECKS}
+    listed = {check.__name__ for check, _ in CHECKS} | {check.__name__ for check in TRAINING_CHECKS}
     assert answers.called_checks() <= listed, answers.called_checks() - listed
 
 
@@ -110,6 +119,7 @@ def test_check_accepts_the_solution(check, names):
         (distributed_checks.check_shard, distributed.shard),
         (distributed_checks.check_unshard, distributed.unshard),
         (distributed_checks.check_zero_memory_per_gpu, distributed.zero_bytes_per_rank),
+        (finetune_checks.check_mask_prompt, finetune.mask_prompt),
     ],
 )
 def test_check_refuses_the_course_reference_itself(check, reference):

@@ -15,6 +15,7 @@ import pytest
 from tests.mutants import attention as attention_mutants
 from tests.mutants import basics as basics_mutants
 from tests.mutants import distributed as distributed_mutants
+from tests.mutants import finetune as finetune_mutants
 from tests.mutants import flash as flash_mutants
 from tests.mutants import formats as formats_mutants
 from tests.mutants import kvcache as kvcache_mutants
@@ -23,7 +24,7 @@ from tests.mutants import models as models_mutants
 from tests import answers
 
 MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants, memory_mutants, formats_mutants, flash_mutants, kvcache_mutants,
-                 distributed_mutants]
+                 distributed_mutants, finetune_mutants]
 MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}
 
 
@@ -48,6 +49,10 @@ def test_solution_passes_its_test_cell(lesson, grade_id, name, answer, test):
     exec(compile(test, f"{lesson}:{grade_id}", "exec"), ns)
 
 
+# The capstone of lesson 08 trains and evaluates a model on each run; its mutants fail by construction (a malformed
+# adapter) or far below the threshold (an untrained one), whatever lists are drawn: one run each.
+ONE_DRAW = {"test_train_reverse_adapter"}
+
 MUTANT_CASES = [
     (grade_id, name, mutant_name, mutant, test)
     for _, grade_id, name, _, test in CELLS
@@ -63,6 +68,6 @@ def test_mutant_fails_its_test_cell(grade_id, name, mutant_name, mutant, test):
         ns.update(mutant)
     else:
         ns[name] = mutant
-    for _ in range(10):
+    for _ in range(1 if grade_id in ONE_DRAW else 10):
         with pytest.raises(Exception):
             exec(compile(test, grade_id, "exec"), ns)
