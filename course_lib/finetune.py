@@ -234,9 +234,13 @@ def collate(tokenizer, pairs: list[tuple[str, str]]) -> tuple[torch.Tensor, torc
 
 
 def response_loss(model, batch: tuple[torch.Tensor, torch.Tensor]) -> torch.Tensor:
-    """Mean cross-entropy of the response tokens: position ``t`` predicts ``labels[:, t + 1]``. Defined in lesson 08."""
+    """Mean cross-entropy of the response tokens: position ``t`` predicts ``labels[:, t + 1]``. Defined in lesson 08.
+
+    A model that puts trained vectors before the tokens (prompt tuning) returns more positions
+    than it was given: the last ``seq`` are the tokens'.
+    """
     input_ids, labels = batch
-    logits = model(input_ids)
+    logits = model(input_ids)[:, -input_ids.shape[1]:]
     return torch.nn.functional.cross_entropy(
         logits[:, :-1].reshape(-1, logits.shape[-1]).float(), labels[:, 1:].reshape(-1), ignore_index=-100
     )

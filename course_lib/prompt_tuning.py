@@ -15,8 +15,10 @@ from torch import nn
 class SoftPrompt(nn.Module):
     """A frozen :class:`~course_lib.models.DecoderLM` behind ``n_virtual`` trainable vectors. Defined in lesson 08.
 
-    ``forward(input_ids)``: ``(batch, seq)`` ids -> logits ``(batch, n_virtual + seq, vocab)``;
-    the first ``n_virtual`` positions are the prompt's. ``init``: the starting vectors
+    ``forward(input_ids, cache=None)``: ``(batch, seq)`` ids -> logits ``(batch, n_virtual + seq,
+    vocab)``; the first ``n_virtual`` positions are the prompt's. With a KV cache that already
+    holds the prompt (decoding after the first step) the ids are fed alone: ``(batch, seq, vocab)``.
+    So :func:`course_lib.kvcache.generate` and the lesson's evaluation work unchanged. ``init``: the starting vectors
     ``(n_virtual, d_model)``; by default the embeddings of ``n_virtual`` random vocabulary tokens
     (peft's ``RANDOM`` initialisation draws them from the same table).
     """
@@ -39,7 +41,14 @@ class SoftPrompt(nn.Module):
     def n_virtual(self) -> int:
         return self.prompt.shape[0]
 
-    def forward(self, input_ids: torch.Tensor) -> torch.Tensor:
+    @property
+    def config(self):
+        """The frozen model's config (``generate`` reads ``n_layers`` from it)."""
+        return self.model.config
+
+    def forward(self, input_ids: torch.Tensor, cache=None) -> torch.Tensor:
         x = self.model.embed(input_ids)                                   # (B, L, d_model)
+        if cache is not None and len(cache) > 0:                          # the prompt is in the cache already
+            return self.model.forward_embeddings(x, cache)
         prompt = self.prompt.unsqueeze(0).expand(x.shape[0], -1, -1)      # (B, P, d_model)
-        return self.model.forward_embeddings(torch.cat([prompt, x], dim=1))
+        return self.model.forward_embeddings(torch.cat([prompt, x], dim=1), cache)

@@ -68,3 +68,26 @@ def test_bad_arguments_say_what_was_expected(checkpoint):
         SoftPrompt(copy.deepcopy(checkpoint), 3, init=torch.zeros(2, checkpoint.config.d_model))
     with pytest.raises(ValueError, match="x should have shape"):
         checkpoint.forward_embeddings(torch.zeros(2, 3))
+
+
+def test_a_soft_prompt_trains_with_finetune_and_answers_through_generate():
+    from course_lib import finetune as ft
+    from course_lib.evaluation import complete
+    from course_lib.kvcache import generate
+    from course_lib.tokenizer import course_tokenizer
+
+    tok = course_tokenizer(0)
+    torch.manual_seed(0)
+    soft = SoftPrompt(models.load_pretrained("course-lm-small"), n_virtual=4)
+    task = ft.instruction_tasks()["one_word"]
+    batch = ft.collate(tok, task.train[:32])
+    with torch.no_grad():
+        before = ft.response_loss(soft, batch).item()
+    ft.finetune(soft, tok, task.train, steps=20, lr=3e-2, progress=False)
+    with torch.no_grad():
+        assert ft.response_loss(soft, batch).item() < before
+    ids = torch.tensor([[1, *tok.encode(ft.chat_prompt(task.heldout[0][0]))]])
+    cached = generate(soft, ids, 6, eos_id=2)
+    assert torch.equal(cached, generate(soft, ids, 6, eos_id=2, use_cache=False))  # the cache holds the prompt once
+    assert complete(soft, tok, [ft.chat_prompt(task.heldout[0][0])], max_new_tokens=6)[0] == tok.decode(
+        [t for t in cached[0, ids.shape[1]:].tolist() if t != 2][: 6])
