@@ -18,7 +18,9 @@ One module per idea; each function's docstring names the lesson that teaches it.
 - ``formats``     lesson 04: fp32, fp16, bf16 and fp8 bit by bit
 - ``quant``       lesson 04: absmax, zero-point, per-block, NF4 and LLM.int8()-style quantization
 - ``distributed`` lesson 07: worker processes, DDP, ZeRO 1-3, FSDP2 and tensor parallelism, bytes counted
+- ``finetune``    lesson 08: instruction tuning (chat template, tasks, response-only loss), task accuracy, forgetting, memory
 - ``lora``        lesson 08: LoRA layers, injection, merging, several adapters on one base; adapters to and from peft
+- ``qlora``       lesson 08: a frozen NF4 base for LoRA, double quantization; bitsandbytes and peft on the CPU
 - ``prompt_tuning`` lesson 08: trainable virtual tokens in front of a frozen model
 - ``checks``      the checks that grade the exercises (``checks.guard``: what each exercise's answer may not call)
 - ``grading``     release, autograde and self-check with nbgrader; the learner edition; notebook timings
