@@ -367,3 +367,183 @@ def finetuning_model_states(shape: ModelShape, method: str, r: int = 16, targets
                   "optimizer_states": optimizer_state_bytes(adapters, "adamw", "fp32"), "trainable": adapters}
     states["total"] = states["weights"] + states["gradients"] + states["optimizer_states"]
     return states
+
+
+# --------------------------------------------------------------------------- figures and tables (lesson 08's display helpers)
+
+_ASSET_DIR = Path(__file__).resolve().parent / "assets"
+
+
+def draw_lora(ax, out_features: int = 64, in_features: int = 512, r: int = 4, merged: bool = False) -> None:
+    """Draw a LoRA layer on ``ax``, the matrices as rectangles to scale, each labelled with its shape.
+
+    Un-merged (``merged=False``): the frozen ``W`` (``out x in``, grey) beside the trainable pair
+    ``B`` (``out x r``, zeros at the start) and ``A`` (``r x in``, random), with the count of numbers
+    each holds. Merged: one matrix ``W + (alpha/r) B A`` of ``W``'s shape. Defined in lesson 08.
+    """
+    from matplotlib.patches import Rectangle
+
+    scale = 4.0 / max(out_features, in_features)           # the longest side is 4 units
+    h, w, rr = out_features * scale, in_features * scale, max(r * scale, 0.06)
+    frozen, trained = "#c8c8c8", "#f4a259"
+
+    def box(x, y, width, height, colour, label, below):
+        ax.add_patch(Rectangle((x, y), width, height, facecolor=colour, edgecolor="black", lw=0.8))
+        ax.text(x + width / 2, y + height / 2, label, ha="center", va="center", fontsize=11)
+        ax.text(x + width / 2, y - 0.12, below, ha="center", va="top", fontsize=8.5)
+
+    if merged:
+        box(0, 0, w, h, "#d9b38c", "W + (α/r)·B·A", f"{out_features} × {in_features}: one matrix, one matmul\n"
+            "(un-merging subtracts (α/r)·B·A again)")
+        ax.set_xlim(-0.3, w + 0.3)
+        ax.set_title("merged: the adapter folded into W")
+    else:
+        box(0, 0, w, h, frozen, "W", f"W: {out_features} × {in_features}, frozen\n{out_features * in_features:,} numbers")
+        ax.text(w + 0.25, h / 2, "+ (α/r) ·", ha="left", va="center", fontsize=12)
+        x_b = w + 1.35
+        box(x_b, 0, rr, h, trained, "", f"B: {out_features} × {r}\nstarts at 0")
+        x_a = x_b + rr + 0.15
+        ax.add_patch(Rectangle((x_a, 0), w, h, facecolor="none", edgecolor="grey", lw=0.8, ls="--"))
+        ax.text(x_a + w / 2, (h - rr) / 2, f"B·A: {out_features} × {in_features},\nrank at most {r}", ha="center",
+                va="center", fontsize=9, color="dimgrey")
+        box(x_a, h - rr, w, rr, trained, "", "")
+        ax.text(x_a + w / 2, h + 0.08, f"A: {r} × {in_features}, random", ha="center", va="bottom", fontsize=9.5)
+        ax.text(x_a + w / 2, -0.12, f"trained: A and B, {r} × ({in_features} + {out_features})\n"
+                f"= {r * (in_features + out_features):,} numbers", ha="center", va="top", fontsize=8.5)
+        ax.set_xlim(-0.3, x_a + w + 0.3)
+        ax.set_title(f"LoRA of rank {r}: y = W x + (α/r) · B (A x)")
+    ax.set_ylim(-1.1, h + 0.5)
+    ax.set_aspect("equal")
+    ax.axis("off")
+
+
+def forgetting_sweep(path=None) -> dict:
+    """The committed forgetting sweep (``bench/finetune.py``): full fine-tuning and LoRA on the ``reverse`` task.
+
+    Returns the JSON as a dict: ``{"task", "model", "steps_per_chunk", "n_original", "machine", "runs"}``;
+    each run has ``label``, ``method``, ``lr``, ``trainable`` and ``points``, a list of
+    ``{"step", "task", "qa", "arithmetic"}``. Defined in lesson 08.
+    """
+    path = _ASSET_DIR / "forgetting_sweep.json" if path is None else Path(path)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def skills_lost(point: dict, start: dict) -> float:
+    """The mean of what ``qa`` and ``arithmetic`` lost between ``start`` and ``point`` (accuracies from 0 to 1).
+    Defined in lesson 08."""
+    return ((start["qa"] - point["qa"]) + (start["arithmetic"] - point["arithmetic"])) / 2
+
+
+def plot_forgetting(sweep: dict, ax, extra_points=None) -> None:
+    """Task accuracy gained (y) against original skills lost (x), one line per run of ``sweep``, a dot every measurement.
+
+    Full fine-tuning is drawn in blues (solid), LoRA in oranges (dashed); the best place is the
+    top left (learned the task, lost nothing). ``extra_points``: optional dicts ``{"label",
+    "lost", "task"}`` drawn as stars (e.g. this notebook's own runs on another task). Defined in lesson 08.
+    """
+    import matplotlib.pyplot as plt
+
+    runs = sweep["runs"]
+    full = [r for r in runs if r["method"] == "full"]
+    low = [r for r in runs if r["method"] != "full"]
+    for group, cmap, style in ((full, plt.cm.Blues, "-"), (low, plt.cm.Oranges, "--")):
+        for i, run in enumerate(group):
+            colour = cmap(0.45 + 0.5 * i / max(1, len(group) - 1))
+            start = run["points"][0]
+            xs = [skills_lost(p, start) for p in run["points"]]
+            ys = [p["task"] for p in run["points"]]
+            ax.plot(xs, ys, style, marker="o", ms=3.5, color=colour, label=f"{run['label']} ({run['trainable']:,} trained)")
+            ax.annotate(f"{run['points'][-1]['step']}", (xs[-1], ys[-1]), textcoords="offset points", xytext=(4, 2),
+                        fontsize=7, color=colour)
+    for i, point in enumerate(extra_points or []):
+        ax.plot([point["lost"]], [point["task"]], "*", ms=13, color=f"C{2 + i}", markeredgecolor="black",
+                label=point["label"])
+    ax.set_xlabel("original skills lost (mean drop of qa and arithmetic accuracy)")
+    ax.set_ylabel("accuracy on the new task")
+    ax.set_title(f"learning '{sweep['task']}' on {sweep['model']}: a dot every {sweep['steps_per_chunk']} steps")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=7.5, loc="upper left", bbox_to_anchor=(1.01, 1.0))
+
+
+def _gib(n: float) -> str:
+    """``n`` bytes in GiB with one decimal, for the tables. Defined in lesson 08."""
+    return f"{n / 2**30:,.1f}"
+
+
+def memory_table(shapes: dict, r: int = 16, budget_bytes: float = 48e9) -> str:
+    """Markdown table of :func:`finetuning_model_states` for every model of ``shapes`` (``{name: ModelShape}``) and
+    every method (full, LoRA and QLoRA of rank ``r`` on all seven projections), in GiB, with whether the model
+    states fit in ``budget_bytes`` (default one 48 GB GPU; activations come on top). Defined in lesson 08.
+    """
+    budget_name = f"fits {budget_bytes / 1e9:g} GB?"
+    lines = ["| model | method | trainable | weights (GiB) | gradients (GiB) | Adam states (GiB) | total (GiB) | "
+             f"{budget_name} |",
+             "|---|---|---|---|---|---|---|---|"]
+    for name, shape in shapes.items():
+        for method in ("full", "lora", "qlora"):
+            s = finetuning_model_states(shape, method, r=r)
+            label = {"full": "full", "lora": f"LoRA r={r}", "qlora": f"QLoRA r={r}"}[method]
+            small = s["total"] < 2**30
+            fmt = (lambda n: f"{n / 2**20:,.2f} MiB") if small else _gib
+            lines.append(f"| {name} | {label} | {int(s['trainable']):,} | {fmt(s['weights'])} | {fmt(s['gradients'])} | "
+                         f"{fmt(s['optimizer_states'])} | {fmt(s['total'])} | "
+                         f"{'yes' if s['total'] <= budget_bytes else 'no'} |")
+    return "\n".join(lines)
+
+
+def gpu_results(path=None) -> dict:
+    """The committed H200 measurements of ``bench/finetune_gpu.py`` (``course_lib/assets/finetune_gpu_h200.json``).
+    Defined in lesson 08."""
+    path = _ASSET_DIR / "finetune_gpu_h200.json" if path is None else Path(path)
+    return json.loads(Path(path).read_text(encoding="utf-8"))
+
+
+def gpu_step_table(path=None) -> str:
+    """Markdown table of one training step of a 1.10 B model on the H200: full fine-tuning, LoRA and QLoRA
+    (milliseconds, ratio to full, peak memory, the model-state estimate). Defined in lesson 08."""
+    results = gpu_results(path)
+    steps = {row["method"]: row for row in results["steps"]}
+    full = steps["full"]["step_ms"]
+    lines = [f"| method ({results['gpu']}) | trainable | step (ms) | step / full | forward (ms) | peak (GiB) | "
+             "model states, estimated (GiB) |",
+             "|---|---|---|---|---|---|---|"]
+    for method, row in steps.items():
+        lines.append(f"| {method} | {row['trainable']:,} | {row['step_ms']:.1f} | {row['step_ms'] / full:.2f} | "
+                     f"{row['forward_ms']:.1f} | {row['peak_bytes'] / 2**30:.1f} | "
+                     f"{row['estimated_model_states'] / 2**30:.2f} |")
+    return "\n".join(lines)
+
+
+def gpu_nf4_table(path=None) -> str:
+    """Markdown table of bitsandbytes' NF4 on the H200's CUDA against the course's, per weight shape
+    (codes that differ, largest difference of the dequantized weights). Defined in lesson 08."""
+    results = gpu_results(path)
+    lines = [f"| shape | codes that differ ({results['gpu']}) | absmax max diff | dequantized max diff |",
+             "|---|---|---|---|"]
+    for row in results["nf4"]:
+        lines.append(f"| {row['shape'][0]} × {row['shape'][1]} | {row['codes_differ']} | {row['absmax_max_diff']:.1e} | "
+                     f"{row['dequantized_max_diff']:.1e} |")
+    return "\n".join(lines)
+
+
+def masked_batch_html(tokenizer, input_ids: torch.Tensor, labels: torch.Tensor, rows: int = 3) -> str:
+    """HTML of the first ``rows`` rows of a collated batch, one cell per token: green where the label is kept
+    (the response), grey where it is -100 (prompt), faint for padding. Defined in lesson 08."""
+    import html
+
+    out = ["<div style='font-family:monospace;font-size:12px;line-height:2'>"]
+    for b in range(min(rows, input_ids.shape[0])):
+        cells = []
+        for t in range(input_ids.shape[1]):
+            token = html.escape(tokenizer.decode([int(input_ids[b, t])])).replace(" ", "&#183;") or "&#8709;"
+            if int(labels[b, t]) != -100:
+                style = "background:#b7e4c7;border:1px solid #2d6a4f"
+            elif int(input_ids[b, t]) == PAD_ID:
+                style = "color:#bbb;border:1px dotted #ccc"
+            else:
+                style = "background:#e9ecef;border:1px solid #adb5bd"
+            cells.append(f"<span style='{style};padding:1px 3px;margin:1px'>{token}</span>")
+        out.append(f"<div>row {b}: " + "".join(cells) + "</div>")
+    out.append("<div>grey: prompt (label -100) &nbsp; green: response (label = the token) &nbsp; "
+               "faint: padding (label -100)</div></div>")
+    return "".join(out)

@@ -173,8 +173,10 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
 
     ``cos``, ``sin``: ``(seq, head_dim)`` from :func:`rope_cos_sin`. Because both queries
     and keys are rotated, their dot product depends only on the *difference* of positions.
-    Defined in lesson 02.
+    The result keeps ``x``'s dtype (the angles are cast to it, as in transformers' Llama), so a
+    bf16 query stays bf16 under ``torch.autocast``. Defined in lesson 02.
     """
+    cos, sin = cos.to(x.dtype), sin.to(x.dtype)
     return x * cos + rotate_half(x) * sin
 
 

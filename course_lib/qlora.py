@@ -182,7 +182,9 @@ def keep_trainable(model: nn.Module) -> int:
 
     Every ``bitsandbytes.nn.Linear4bit`` of ``model`` gets its weights back in the trainable
     layout if an eval-mode forward repacked them, and never repacks again. Returns how many
-    layers were repacked. Defined in lesson 08.
+    layers were repacked. The repacking rounded each block's absmax to bf16 (a relative change
+    of up to 2**-9), which cannot be undone: call this before any evaluation (as
+    :func:`bnb_qlora_model` does), or reload the model. Defined in lesson 08.
     """
     import bitsandbytes as bnb
     from bitsandbytes.functional import _convert_weight_packed_for_cpu_inverse
@@ -193,7 +195,11 @@ def keep_trainable(model: nn.Module) -> int:
             module.support_avx512bf16_for_cpu = False
             state = module.weight.quant_state
             if getattr(state, "packing_format_for_cpu", False):
-                module.weight.data, module.weight.quant_state = _convert_weight_packed_for_cpu_inverse(module.weight.data, state)
+                nested = state.original_nested
+                module.weight.data, state = _convert_weight_packed_for_cpu_inverse(module.weight.data, state)
+                if not nested:  # bitsandbytes 0.50.2 leaves these absmax transposed (and in bf16): lay them out again
+                    state.absmax = state.absmax.T.reshape(-1).float()
+                module.weight.quant_state = state
                 undone += 1
     return undone
 

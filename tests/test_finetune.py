@@ -172,3 +172,28 @@ def test_projection_shapes_count_what_inject_lora_adds_to_a_real_model():
         model = DecoderLM(config)
         lora.inject_lora(model, r=3, alpha=6, targets=targets)
         assert lora.trainable_parameters(model) == lora.lora_parameter_count(ft.projection_shapes(shape, targets), 3)
+
+
+def test_the_display_helpers_read_the_committed_measurements_and_draw():
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    sweep = ft.forgetting_sweep()
+    start = sweep["runs"][0]["points"][0]
+    assert ft.skills_lost(start, start) == 0.0
+    assert ft.skills_lost({"qa": start["qa"] - 0.2, "arithmetic": start["arithmetic"]}, start) == pytest.approx(0.1)
+    table = ft.memory_table({"LLaMA-65B": ft.LLAMA_65B}, r=16)
+    rows = [line for line in table.splitlines() if line.startswith("| LLaMA-65B")]
+    assert [r.split("|")[-2].strip() for r in rows] == ["no", "no", "yes"]  # only QLoRA's model states fit 48 GB
+    steps = ft.gpu_results()["steps"]
+    assert [s["method"] for s in steps] == ["full", "lora", "qlora"]
+    assert steps[1]["peak_bytes"] < steps[0]["peak_bytes"] and steps[1]["trainable"] < steps[0]["trainable"] / 50
+    assert "| full |" in ft.gpu_step_table() and "| 1.00 |" in ft.gpu_step_table()
+    fig, axes = plt.subplots(1, 3)
+    ft.draw_lora(axes[0])
+    ft.draw_lora(axes[1], merged=True)
+    ft.plot_forgetting(sweep, axes[2], extra_points=[{"label": "here", "lost": 0.5, "task": 0.8}])
+    assert len(axes[2].lines) == len(sweep["runs"]) + 1
+    plt.close(fig)

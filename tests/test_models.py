@@ -627,3 +627,19 @@ def test_convert_kv_heads_rejects_what_does_not_divide():
         models.convert_kv_heads(tiny_decoder(), 4)
     with pytest.raises(ValueError, match="must be a DecoderLM"):
         models.convert_kv_heads(torch.nn.Linear(2, 2), 1)
+
+
+def test_the_decoder_runs_under_bf16_autocast_and_keeps_its_loss():
+    """Rotary angles take the queries' dtype, so q, k and v agree under autocast (they used not to: q and k came out fp32)."""
+    from course_lib.data import build_corpus
+    from course_lib.tokenizer import course_tokenizer
+
+    tok = course_tokenizer(0)
+    model = models.load_pretrained("course-lm-small")
+    ids = torch.tensor([[1, *tok.encode(build_corpus(0).heldout_texts[0])[:60]]])
+    with torch.no_grad():
+        full = model.loss(ids).item()
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            logits = model(ids)
+            half = model.loss(ids).item()
+    assert logits.dtype == torch.bfloat16 and abs(half - full) < 0.05 * full

@@ -185,16 +185,22 @@ def test_bitsandbytes_double_quantization_is_as_close_as_the_courses():
         assert 0 < (got - plain).abs().max() < 0.01 * w.abs().max()
 
 
-def test_keep_trainable_guards_the_bitsandbytes_cpu_inference_repacking():
-    model = qlora.bnb_qlora_model(ASSETS / "course-lm", r=4, alpha=8)
+@pytest.mark.parametrize("double_quant", [False, True])
+def test_keep_trainable_guards_the_bitsandbytes_cpu_inference_repacking(double_quant):
+    model = qlora.bnb_qlora_model(ASSETS / "course-lm", r=4, alpha=8, double_quant=double_quant)
     for module in model.modules():
         if isinstance(module, bnb.nn.Linear4bit):
             module.support_avx512bf16_for_cpu = F.has_avx512bf16()  # as bitsandbytes sets it, before the guard
     ids = torch.randint(15, 1000, (2, 10))
+    model.train()
+    before = model(ids).logits.detach()
     model.eval()
     with torch.no_grad():
         model(ids)                       # on an AVX512-BF16 CPU this repacks every Linear4bit for inference
     assert qlora.keep_trainable(model) == (42 if F.has_avx512bf16() else 0)
+    model.train()
+    after = model(ids).logits.detach()   # the same model again, up to the absmax's bf16 rounding
+    assert (after - before).abs().max() < 0.05 * before.abs().max()
     model.train()
     model(ids, labels=ids).loss.backward()
     trained = [(n, p) for n, p in model.named_parameters() if p.requires_grad]

@@ -44,10 +44,6 @@ LORA_PARAMETERS = Rules(
     modules=("course_lib.lora", "course_lib.finetune", "peft"),
     why="The exercise is to count the adapters' numbers yourself.",
 )
-REVERSE_ADAPTER = Rules(
-    "train_reverse_adapter",
-    why="The capstone may use the whole course library: course_lib.lora and course_lib.finetune are meant for it.",
-)
 
 _BY_KEYWORD = "; keep the parameter names of the signature in the docstring"
 _ANY_LAYOUT = "; an input may be a non-contiguous view: use reshape (not view), or .contiguous() first"
@@ -360,7 +356,8 @@ def check_reverse_adapter(train_reverse_adapter, seed: int | None = 0, n_heldout
     and asked ``n_heldout`` other lists in the chat format. It passes with an exact-match accuracy
     of at least ``threshold``. Returns the adapter, for :func:`check_reverse_adapter_on_new_lists`.
     """
-    train_reverse_adapter = watched(train_reverse_adapter, REVERSE_ADAPTER)
+    # Not watched: the capstone may use the whole library (course_lib.lora and course_lib.finetune are meant for it),
+    # so there is nothing to forbid, and the watch would triple the time of its training.
     _, seed = new_generator(seed)
     pairs = ref.reverse_pairs(1000, f"check/{seed}")
     heldout = ref.reverse_pairs(n_heldout, f"check/{seed}/heldout", exclude={i for i, _ in pairs})
