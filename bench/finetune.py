@@ -27,6 +27,7 @@ from course_lib import lora  # noqa: E402
 from course_lib.models import load_pretrained  # noqa: E402
 from course_lib.tokenizer import course_tokenizer  # noqa: E402
 
+MODEL = "course-lm-small"
 OUT = Path(__file__).resolve().parents[1] / "course_lib" / "assets" / "forgetting_sweep.json"
 
 #: (label, method, learning rate, LoRA rank, LoRA targets)
@@ -47,7 +48,7 @@ def sweep(runs=RUNS, chunks: int = 6, steps_per_chunk: int = 50, n_original: int
     task = ft.instruction_tasks()["reverse"]
     results = []
     for label, method, lr, r, targets in runs:
-        model = load_pretrained("course-lm-small")
+        model = load_pretrained(MODEL)
         if method == "lora":
             lora.inject_lora(model, r=r, alpha=2 * r, targets=targets)
         start = time.perf_counter()
@@ -56,7 +57,7 @@ def sweep(runs=RUNS, chunks: int = 6, steps_per_chunk: int = 50, n_original: int
                         "points": points, "seconds": round(time.perf_counter() - start, 1)})
         if progress:
             print(label, [(p["step"], p["task"], p["qa"], p["arithmetic"]) for p in points], flush=True)
-    return {"task": task.name, "model": "course-lm-small", "chunks": chunks, "steps_per_chunk": steps_per_chunk,
+    return {"task": task.name, "model": MODEL, "chunks": chunks, "steps_per_chunk": steps_per_chunk,
             "n_original": n_original, "machine": f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}",
             "runs": results}
 
