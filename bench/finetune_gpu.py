@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
 import torch
@@ -25,6 +24,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from course_lib import finetune as ft  # noqa: E402
 from course_lib import qlora, quant  # noqa: E402
+from course_lib.benchmark import median_ms  # noqa: E402
 from course_lib.memory import ModelShape, count_params, reference_1b_config  # noqa: E402
 
 BATCH, SEQ, R = 8, 512, 16
@@ -90,22 +90,6 @@ def _model(method: str, shape, device: str):
     return model
 
 
-def _sync(device: str) -> None:
-    if device == "cuda":
-        torch.cuda.synchronize()
-
-
-def _median_ms(fn, device: str, repeats: int = 10) -> float:
-    times = []
-    for _ in range(repeats):
-        _sync(device)
-        start = time.perf_counter()
-        fn()
-        _sync(device)
-        times.append((time.perf_counter() - start) * 1000)
-    return sorted(times)[len(times) // 2]
-
-
 def training_step(method: str, shape, device: str = "cuda", batch: int = BATCH, seq: int = SEQ, repeats: int = 10) -> dict:
     model = _model(method, shape, device)
     model.train()
@@ -128,9 +112,9 @@ def training_step(method: str, shape, device: str = "cuda", batch: int = BATCH, 
         step()
     if device == "cuda":
         torch.cuda.reset_peak_memory_stats()
-    step_ms = _median_ms(step, device, repeats)
+    step_ms = median_ms(step, device, warmup=0, repeats=repeats)  # warmed up above
     peak = torch.cuda.max_memory_allocated() if device == "cuda" else None
-    forward_ms = _median_ms(forward, device, repeats)
+    forward_ms = median_ms(forward, device, warmup=0, repeats=repeats)
     trainable = sum(p.numel() for p in params)
     del model, optimizer, params
     if device == "cuda":

@@ -56,19 +56,17 @@ def test_an_answer_that_raises_fails_with_the_call_named():
         checks.check_reverse_adapter(broken, n_heldout=5)
 
 
-def test_the_checks_hint_at_the_usual_mistakes():
-    with pytest.raises(AssertionError, match="the first response token is at prompt_length"):
-        checks.check_mask_prompt(mutants.mask_keeps_last_prompt_token, seed=0)
-    with pytest.raises(AssertionError, match="a real token may have the same id as <pad>"):
-        checks.check_mask_prompt(mutants.mask_padding_by_id, seed=0)
-    with pytest.raises(AssertionError, match="not scaled by alpha / r"):
-        checks.check_lora_forward(mutants.lora_forward_unscaled, seed=0)
-    with pytest.raises(AssertionError, match="scaled by alpha alone"):
-        checks.check_merge_lora_weight(mutants.merge_alpha_only, seed=0)
-    with pytest.raises(AssertionError, match="with grouped-query attention"):
-        checks.check_lora_trainable_parameters(mutants.count_ignores_gqa, seed=0)
-    with pytest.raises(AssertionError, match="changed its input tensor in place"):
-        checks.check_merge_lora_weight(mutants.merge_in_place, seed=0)
+@pytest.mark.parametrize("check,mutant,message", [
+    (checks.check_mask_prompt, mutants.mask_keeps_last_prompt_token, "the first response token is at prompt_length"),
+    (checks.check_mask_prompt, mutants.mask_padding_by_id, "a real token may have the same id as <pad>"),
+    (checks.check_lora_forward, mutants.lora_forward_unscaled, "not scaled by alpha / r"),
+    (checks.check_merge_lora_weight, mutants.merge_alpha_only, "scaled by alpha alone"),
+    (checks.check_lora_trainable_parameters, mutants.count_ignores_gqa, "with grouped-query attention"),
+    (checks.check_merge_lora_weight, mutants.merge_in_place, "changed its input tensor in place"),
+])
+def test_the_checks_hint_at_the_usual_mistakes(check, mutant, message):
+    with pytest.raises(AssertionError, match=message):
+        check(mutant, seed=0)
 
 
 def test_the_lora_references_of_the_checks_agree_with_the_course_layer():

@@ -122,7 +122,6 @@ def test_course_qlora_gets_gradients_in_every_layer_and_cannot_merge():
         model(ids)                                   # an inference pass first: must not change what training gets
     model.train()
     model.loss(ids).backward()
-    trained = [p for p in model.parameters() if p.requires_grad]
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
     assert len(named) == 2 * 21   # B starts at zero, so A's first gradient is zero; B's is not, in every layer
     assert all(p.grad is not None and p.grad.abs().sum() > 0 for n, p in named if "lora_B" in n)

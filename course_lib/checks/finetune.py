@@ -19,9 +19,7 @@ import torch
 
 from course_lib import finetune as ref
 from course_lib import lora as ref_lora
-from course_lib.checks.common import (
-    call, call_explained, expect_int, expect_same_device, expect_tensor, new_generator, randint,
-)
+from course_lib.checks.common import call_explained, expect_int, expect_same_device, expect_tensor, new_generator, randint
 from course_lib.checks.guard import Rules, watched
 
 MASK_PROMPT = Rules(
