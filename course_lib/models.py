@@ -346,6 +346,21 @@ class DecoderLM(nn.Module):
             x = block(x, cos, sin, cache)
         return self.lm_head(self.norm(x))                                          # (B, L, vocab)
 
+    def hidden_states(self, input_ids: torch.Tensor) -> torch.Tensor:
+        """The last block's output after the final norm, before ``lm_head``: ``(batch, seq, d_model)``.
+
+        What a reward model or a value head reads (lesson 09). Defined in lesson 09.
+        """
+        _require_token_ids("input_ids", input_ids, self.config.vocab_size)
+        x = self.embed(input_ids)
+        if input_ids.shape[1] > self.config.max_seq_len:
+            raise ValueError(f"positions up to {input_ids.shape[1] - 1} exceed max_seq_len={self.config.max_seq_len}")
+        cos, sin = rope_cos_sin(torch.arange(input_ids.shape[1], device=x.device), self.config.head_dim,
+                                self.config.rope_theta, x.dtype)
+        for block in self.blocks:
+            x = block(x, cos, sin)
+        return self.norm(x)
+
     def loss(self, input_ids: torch.Tensor) -> torch.Tensor:
         """Mean next-token cross-entropy of ``input_ids`` ``(batch, seq)``, ignoring ``config.pad_id``."""
         ignore = self.config.pad_id if self.config.pad_id is not None else -100
