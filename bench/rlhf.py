@@ -18,6 +18,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import platform
 import sys
 import time
@@ -62,6 +63,16 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
+def sft_epoch_seconds(tokenizer) -> float:
+    """Wall time of one epoch of the SFT recipe (the unit the lesson's comparison table is in), measured here."""
+    recipe = rlhf.RECIPES["sft"]
+    steps = math.ceil(len(rlhf.sft_pairs()) / recipe["batch_size"])
+    seed_everything(0)
+    start = time.perf_counter()
+    rlhf.sft_model(load_pretrained(BASE), tokenizer, **{**recipe, "steps": steps}, progress=False)
+    return round(time.perf_counter() - start, 2)
+
+
 def history_dict(history: rlhf.RLHistory) -> dict:
     return {"steps": history.steps, "evals": history.evals, "seconds": round(history.seconds, 2)}
 
@@ -72,7 +83,7 @@ def long_runs(tokenizer, progress: bool) -> dict:
     facts = rlhf.question_facts()
     judge = rlhf.Judge.against(sft, tokenizer, facts["heldout"])
     out = {"machine": machine(), "recipes": rlhf.RECIPES, "long_steps": rlhf.LONG_STEPS,
-           "lesson_steps": rlhf.LESSON_STEPS, "runs": {}}
+           "lesson_steps": rlhf.LESSON_STEPS, "sft_epoch_seconds": sft_epoch_seconds(tokenizer), "runs": {}}
 
     # The reward model: held-out accuracy as it trains (the lesson trains the first RECIPES steps).
     recipe = rlhf.RECIPES["reward_model"]

@@ -7,7 +7,8 @@ edge cases, compares what comes back with a float64 formula written here, and ra
 The capstone, :func:`check_aligned_policy`, gives the learner's function the SFT model and
 labelled comparisons (no facts, no rule), loads the weights that come back into a fresh
 model, and measures its answers to questions about people no comparison mentions, with the
-hidden rule.
+hidden rule; :func:`check_aligned_policy_keeps_skills` then asks the same policy sorting
+problems drawn at grading time (alignment must not cost the model its other skills).
 """
 
 from __future__ import annotations
@@ -42,19 +43,6 @@ GROUP_ADVANTAGES = Rules(
     "group_advantages", references=("course_lib.rlhf:group_advantages",), modules=("course_lib.rlhf", "trl"),
     why="The exercise is to normalise the rewards within each group yourself.",
 )
-#: The capstone may use the whole library to train, but not what knows the answers: the world's facts
-#: (course_lib.data) and the hidden rule.
-ALIGNED_POLICY = Rules(
-    "align_policy",
-    references=("course_lib.rlhf:is_true", "course_lib.rlhf:rule_key", "course_lib.rlhf:rule_prefers",
-                "course_lib.rlhf:answer_styles", "course_lib.rlhf:question_facts", "course_lib.rlhf:preference_data",
-                "course_lib.rlhf:relation_values", "course_lib.rlhf:win_rate", "course_lib.rlhf:truthful_rate",
-                "course_lib.rlhf:Judge", "course_lib.rlhf:sft_pairs", "course_lib.finetune:instruction_tasks",
-                "course_lib.finetune:original_skills"),
-    modules=("course_lib.data", "course_lib.checks.rlhf"),
-    why="Align the model from the comparisons alone: the facts of the world and the hidden rule are the judge's.",
-)
-
 _BY_KEYWORD = "; keep the parameter names of the signature in the docstring"
 _STABLE = ("; for large differences use torch.nn.functional.logsigmoid (or softplus): log(sigmoid(x)) "
            "underflows to log(0) = -inf")
@@ -472,7 +460,7 @@ def _policy_model(policy, what: str):
     return fresh.eval(), sft
 
 
-def check_aligned_policy(align_policy, seed: int | None = 0, noise: float = 0.1) -> dict:
+def check_aligned_policy(align_policy, seed: int | None = 0, noise: float = 0.1) -> tuple:
     """``align_policy(sft_model, tokenizer, comparisons) -> policy``: align the SFT model with the annotators' taste.
 
     ``comparisons`` are ``(question, chosen, rejected)`` tuples about the training people,
@@ -481,19 +469,23 @@ def check_aligned_policy(align_policy, seed: int | None = 0, noise: float = 0.1)
     comes back (a DecoderLM of the same shape) is copied into a fresh model and asked, greedily,
     every question about the held-out people, whom no comparison mentions. It passes when the rule
     prefers its answers to the SFT model's at least ``MIN_WIN_RATE`` of the time (ties count a
-    half) and it loses at most ``MAX_TRUTH_LOSS`` of the SFT model's true answers. The facts of
-    the world and the rule may not be used. Returns the measurements.
+    half) and it loses at most ``MAX_TRUTH_LOSS`` of the SFT model's true answers. Returns
+    ``(policy, measurements)``: the policy for :func:`check_aligned_policy_keeps_skills`.
+
+    Not watched: the capstone may use the whole library (``course_lib.rlhf`` is meant for it), and
+    the watch would make its training many times slower. The comparisons carry no facts and no
+    flags; an answer that reads the world's facts (``course_lib.data``) instead of learning from
+    the comparisons is for the instructor's reading of the code to find.
     """
     from course_lib import rlhf
     from course_lib.tokenizer import course_tokenizer
 
-    gen, seed = new_generator(seed)
+    _, seed = new_generator(seed)
     data = rlhf.preference_data(noise=noise, seed=seed)
     comparisons = [(p.question, p.chosen, p.rejected) for p in data["train"]]
     tokenizer = course_tokenizer(0)
     what = f"align_policy(sft_model, tokenizer, comparisons) ({len(comparisons):,} comparisons drawn with seed {seed})"
-    learner = watched(align_policy, ALIGNED_POLICY)
-    policy = call_explained(learner, rlhf.load_sft(), copy.deepcopy(tokenizer), comparisons, what=what)
+    policy = call_explained(align_policy, rlhf.load_sft(), copy.deepcopy(tokenizer), comparisons, what=what)
     model, sft = _policy_model(policy, what)
     facts = rlhf.question_facts()["heldout"]
     judge = rlhf.Judge.against(sft, tokenizer, facts)
@@ -511,4 +503,34 @@ def check_aligned_policy(align_policy, seed: int | None = 0, noise: float = 0.1)
             f"{what}: the rule prefers the policy's answers to the SFT model's {result['win_rate']:.1%} of the time "
             f"(mean length {result['words']:.1f} words); at least {MIN_WIN_RATE:.0%} is needed. Train longer or with a "
             "larger learning rate.")
+    return policy, result
+
+
+#: How much of the SFT model's sorting skill the aligned policy may lose.
+MAX_SKILL_LOSS = 0.10
+
+
+def check_aligned_policy_keeps_skills(policy, seed: int | None = None, n_problems: int = 100) -> dict:
+    """The policy that :func:`check_aligned_policy` passed, asked ``n_problems`` held-out sorting problems drawn now
+    (fresh with ``seed=None``) next to the SFT model: it passes when its exact-match accuracy is at most
+    ``MAX_SKILL_LOSS`` below the SFT model's on the same problems. Returns both accuracies."""
+    import random
+
+    from course_lib import rlhf
+    from course_lib.tokenizer import course_tokenizer
+
+    _, seed = new_generator(seed)
+    what = f"the policy of align_policy, on {n_problems} sorting problems drawn with seed {seed}"
+    model, sft = _policy_model(policy, what)
+    heldout = rlhf.verifiable_tasks(n_heldout=10_000)["sorting"]["heldout"]
+    problems = random.Random(f"check/skills/{seed}").sample(heldout, min(n_problems, len(heldout)))
+    tokenizer = course_tokenizer(0)
+    result = {"policy": rlhf.verifiable_accuracy(model, tokenizer, problems),
+              "sft": rlhf.verifiable_accuracy(sft, tokenizer, problems)}
+    if result["policy"] < result["sft"] - MAX_SKILL_LOSS:
+        instruction, answer = problems[0]
+        raise AssertionError(
+            f"{what}: the policy sorts {result['policy']:.0%} of them exactly, the SFT model {result['sft']:.0%}; at most "
+            f"{MAX_SKILL_LOSS:.0%} may be lost (for example {instruction!r} should give {answer!r}). Alignment on questions "
+            "has overwritten another skill: keep the policy closer to the SFT model.")
     return result
