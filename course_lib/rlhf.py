@@ -612,7 +612,7 @@ def ppo_train(policy: PolicyWithValue, ref, reward_model: RewardModel, tokenizer
             old_logprobs = _gather_answer(logits, rollout)
             values = values[:, p - 1:-1] * rollout.mask
             ref_logprobs = answer_logprobs(ref, rollout)
-            scores = reward_model(_with_eos(rollout))
+            scores = reward_model(rollout.ids)        # the score of the last real token
             rewards = rewards_fn(scores, old_logprobs, ref_logprobs, rollout.mask, beta)
             advantages, returns = gae(rewards, values, rollout.mask, gamma, lam)
             advantages = whiten(advantages, rollout.mask)
@@ -640,11 +640,6 @@ def _gather_answer(logits: torch.Tensor, rollout: Rollout) -> torch.Tensor:
     p = rollout.prompt_length
     logprobs = torch.log_softmax(logits[:, p - 1:-1].float(), dim=-1)
     return logprobs.gather(-1, rollout.ids[:, p:, None]).squeeze(-1) * rollout.mask
-
-
-def _with_eos(rollout: Rollout) -> torch.Tensor:
-    """The rollout's ids with the padding after ``<eos>`` kept as ``<pad>``: the reward model reads the last real token."""
-    return rollout.ids
 
 
 # --------------------------------------------------------------------------- DPO
@@ -704,6 +699,46 @@ def dpo_train(policy, ref, tokenizer, pairs, steps: int = 60, beta: float = 0.1,
         if judge is not None and (step % eval_every == 0 or step == steps):
             history.evals.append({"step": step, **judge.evaluate(policy)})
     return history
+
+
+@torch.no_grad()
+def pairs_dpo_loss(policy, ref, tokenizer, pairs, beta: float = 0.1, loss_fn=None) -> torch.Tensor:
+    """The DPO loss of ``policy`` against ``ref`` on all ``pairs`` at once (no gradient), as :func:`dpo_train` computes it
+    on a batch: a scalar float32. ``loss_fn`` replaces :func:`dpo_loss`. Defined in lesson 09."""
+    loss_fn = dpo_loss if loss_fn is None else loss_fn
+    ids, mask, n = pair_batch(tokenizer, pairs)
+    logps, ref_logps = sequence_logprobs(policy, ids, mask), sequence_logprobs(ref, ids, mask)
+    return loss_fn(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], beta)
+
+
+@torch.no_grad()
+def trl_dpo_loss(policy, ref, pairs, beta: float = 0.1, tokenizer_folder=None) -> torch.Tensor:
+    """The same loss computed by ``trl``: its ``DPOTrainer`` (sigmoid loss, float32) on ``pairs`` as one batch.
+
+    ``policy`` and ``ref`` (DecoderLMs) are copied into ``transformers`` Llama models; the pairs become
+    a conversational data set that ``trl`` tokenizes itself with the checkpoint's chat template
+    (``tokenizer_folder``, default the SFT model's). Returns trl's scalar loss, which equals
+    :func:`pairs_dpo_loss` up to float32 rounding. Defined in lesson 09.
+    """
+    import tempfile
+
+    from datasets import Dataset
+    from transformers import AutoTokenizer
+    from trl import DPOConfig, DPOTrainer
+
+    from course_lib.models import to_hf_llama
+
+    rows = [{"prompt": [{"role": "user", "content": q}], "chosen": [{"role": "assistant", "content": c}],
+             "rejected": [{"role": "assistant", "content": r}]} for q, c, r in map(as_triple, pairs)]
+    hf_tokenizer = AutoTokenizer.from_pretrained(SFT_FOLDER if tokenizer_folder is None else tokenizer_folder)
+    with tempfile.TemporaryDirectory() as folder:
+        args = DPOConfig(output_dir=folder, beta=beta, loss_type=["sigmoid"], per_device_train_batch_size=len(rows),
+                         use_cpu=True, bf16=False, report_to=[], disable_tqdm=True)
+        trainer = DPOTrainer(model=to_hf_llama(policy), ref_model=to_hf_llama(ref), args=args,
+                             train_dataset=Dataset.from_list(rows), processing_class=hf_tokenizer)
+        batch = next(iter(trainer.get_train_dataloader()))
+        trainer.model.eval()
+        return trainer.compute_loss(trainer.model, batch).detach()
 
 
 # --------------------------------------------------------------------------- GRPO on verifiable rewards

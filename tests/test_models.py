@@ -158,6 +158,16 @@ def test_decoder_residual_projections_get_scaled_init():
     assert o_std == pytest.approx(0.02 / math.sqrt(16), rel=0.05)
 
 
+def test_hidden_states_are_what_the_output_layer_reads():
+    model = tiny_decoder()
+    ids = random_ids(2, 7)
+    hidden = model.hidden_states(ids)
+    assert hidden.shape == (2, 7, 32)
+    torch.testing.assert_close(model.lm_head(hidden), model(ids))
+    with pytest.raises(ValueError, match="integer tensor"):
+        model.hidden_states(torch.rand(2, 5))
+
+
 def test_decoder_rejects_bad_input():
     model = tiny_decoder()
     with pytest.raises(ValueError, match="integer tensor"):
