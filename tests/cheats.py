@@ -25,6 +25,7 @@ import course_lib.lora
 import course_lib.memory
 import course_lib.models
 import course_lib.quant
+import course_lib.rlhf
 import course_lib.tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import kvcache as kvcache_checks
@@ -137,6 +138,20 @@ def _count_with_course_references(config, r, targets):
     shape = course_lib.memory.ModelShape(vocab_size=1000, d_model=config["d_model"], n_layers=config["n_layers"],
                                          n_heads=config["n_heads"], n_kv_heads=config["n_kv_heads"], d_ff=config["d_ff"])
     return course_lib.lora.lora_parameter_count(course_lib.finetune.projection_shapes(shape, tuple(targets)), r)
+
+
+def _bt_with_dpo(chosen_scores, rejected_scores):
+    zeros = torch.zeros_like(chosen_scores)
+    return course_lib.rlhf.dpo_loss(chosen_scores, rejected_scores, zeros, zeros, 1.0)
+
+
+def _dpo_with_bradley_terry(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta):
+    return course_lib.rlhf.bradley_terry_loss(beta * (policy_chosen_logps - ref_chosen_logps),
+                                              beta * (policy_rejected_logps - ref_rejected_logps))
+
+
+def _gae_wrapping_the_reference(rewards, values, mask, gamma, lam):
+    return course_lib.rlhf.gae(rewards, values, mask, gamma, lam)
 
 
 CHEATS = {
@@ -255,6 +270,25 @@ CHEATS = {
     },
     "test_lora_trainable_parameters": {
         "wraps the references": _count_with_course_references,
+    },
+    "test_bradley_terry_loss": {
+        "wraps the reference": lambda chosen_scores, rejected_scores: course_lib.rlhf.bradley_terry_loss(chosen_scores, rejected_scores),
+        "the course's DPO loss with a zero reference": _bt_with_dpo,
+    },
+    "test_kl_penalized_rewards": {
+        "wraps the reference": lambda scores, logprobs, ref_logprobs, mask, beta:
+            course_lib.rlhf.kl_penalized_rewards(scores, logprobs, ref_logprobs, mask, beta),
+    },
+    "test_gae": {
+        "wraps the reference": _gae_wrapping_the_reference,
+    },
+    "test_dpo_loss": {
+        "wraps the reference": lambda policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta:
+            course_lib.rlhf.dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta),
+        "the course's Bradley-Terry loss": _dpo_with_bradley_terry,
+    },
+    "test_group_advantages": {
+        "wraps the reference": lambda rewards, eps=1e-4: course_lib.rlhf.group_advantages(rewards, eps),
     },
 }
 

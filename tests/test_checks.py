@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import attention, distributed, finetune, flash, kvcache, memory, models, tokenizer
+from course_lib import attention, distributed, finetune, flash, kvcache, memory, models, rlhf, tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import basics as basics_checks
 from course_lib.checks import distributed as distributed_checks
@@ -16,6 +16,7 @@ from course_lib.checks import kvcache as kvcache_checks
 from course_lib.checks import memory as memory_checks
 from course_lib.checks import quant as quant_checks
 from course_lib.checks import models as models_checks
+from course_lib.checks import rlhf as rlhf_checks
 from course_lib.checks import tokenizer as tokenizer_checks
 from course_lib.checks.common import call, expect_tensor
 from tests import answers
@@ -80,11 +81,17 @@ CHECKS = [
     (finetune_checks.check_lora_forward, "lora_forward"),
     (finetune_checks.check_merge_lora_weight, "merge_lora_weight"),
     (finetune_checks.check_lora_trainable_parameters, "lora_trainable_parameters"),
+    (rlhf_checks.check_bradley_terry_loss, "bradley_terry_loss"),
+    (rlhf_checks.check_kl_penalized_rewards, "kl_penalized_rewards"),
+    (rlhf_checks.check_gae, "gae"),
+    (rlhf_checks.check_dpo_loss, "dpo_loss"),
+    (rlhf_checks.check_group_advantages, "group_advantages"),
 ]
 
-# Lesson 08's capstone trains a model for each call (seconds, not milliseconds): tests/test_checks_finetune.py
-# runs it once with the solution, instead of five times here.
-TRAINING_CHECKS = [finetune_checks.check_reverse_adapter, finetune_checks.check_reverse_adapter_on_new_lists]
+# Lessons 08 and 09's capstones train a model for each call (seconds, not milliseconds): tests/test_checks_finetune.py
+# and tests/test_checks_rlhf.py run each once with the solution, instead of five times here.
+TRAINING_CHECKS = [finetune_checks.check_reverse_adapter, finetune_checks.check_reverse_adapter_on_new_lists,
+                   rlhf_checks.check_aligned_policy, rlhf_checks.check_aligned_policy_keeps_skills]
 
 
 def test_every_check_of_every_test_cell_is_listed():
@@ -120,6 +127,11 @@ def test_check_accepts_the_solution(check, names):
         (distributed_checks.check_unshard, distributed.unshard),
         (distributed_checks.check_zero_memory_per_gpu, distributed.zero_bytes_per_rank),
         (finetune_checks.check_mask_prompt, finetune.mask_prompt),
+        (rlhf_checks.check_bradley_terry_loss, rlhf.bradley_terry_loss),
+        (rlhf_checks.check_kl_penalized_rewards, rlhf.kl_penalized_rewards),
+        (rlhf_checks.check_gae, rlhf.gae),
+        (rlhf_checks.check_dpo_loss, rlhf.dpo_loss),
+        (rlhf_checks.check_group_advantages, rlhf.group_advantages),
     ],
 )
 def test_check_refuses_the_course_reference_itself(check, reference):

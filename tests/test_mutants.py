@@ -21,10 +21,11 @@ from tests.mutants import formats as formats_mutants
 from tests.mutants import kvcache as kvcache_mutants
 from tests.mutants import memory as memory_mutants
 from tests.mutants import models as models_mutants
+from tests.mutants import rlhf as rlhf_mutants
 from tests import answers
 
 MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants, memory_mutants, formats_mutants, flash_mutants, kvcache_mutants,
-                 distributed_mutants, finetune_mutants]
+                 distributed_mutants, finetune_mutants, rlhf_mutants]
 MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}
 
 
@@ -51,7 +52,7 @@ def test_solution_passes_its_test_cell(lesson, grade_id, name, answer, test):
 
 # The capstone of lesson 08 trains and evaluates a model on each run; its mutants fail by construction (a malformed
 # adapter) or far below the threshold (an untrained one), whatever lists are drawn: one run each.
-ONE_DRAW = {"test_train_reverse_adapter"}
+ONE_DRAW = {"test_train_reverse_adapter", "test_align_policy"}
 
 MUTANT_CASES = [
     (grade_id, name, mutant_name, mutant, test)

@@ -84,6 +84,8 @@ def _bt_reference(chosen, rejected):
 def _bt_hint(got, chosen, rejected) -> str:
     if type(got) is not torch.Tensor or got.numel() != 1:
         return ""
+    if not torch.isfinite(got).all():
+        return "\nHint: " + _STABLE.lstrip("; ") + "."
     c, r = chosen.double(), rejected.double()
     wrong = {"the difference is the wrong way round: it is chosen - rejected": -_log_sigmoid64(r - c).mean(),
              "the loss is summed over the batch; take the mean": -_log_sigmoid64(c - r).sum(),
@@ -215,14 +217,16 @@ def check_kl_penalized_rewards(kl_penalized_rewards, seed: int | None = None, n_
 # --------------------------------------------------------------------------- generalized advantage estimation
 
 
-def _gae_reference(rewards, values, mask, gamma, lam):
-    """A plain loop in float64, one answer at a time."""
+def _gae_reference(rewards, values, mask, gamma, lam, bootstrap_from_padding=False):
+    """A plain loop in float64, one answer at a time. ``bootstrap_from_padding``: the usual mistake of reading the
+    value after the last token from the padding instead of taking 0 (for the hint)."""
     advantages = torch.zeros(rewards.shape, dtype=torch.float64)
     for b in range(rewards.shape[0]):
         n = int(mask[b].sum())
         running = 0.0
         for t in reversed(range(n)):
-            next_value = float(values[b, t + 1]) if t + 1 < n else 0.0
+            inside = t + 1 < (rewards.shape[1] if bootstrap_from_padding else n)
+            next_value = float(values[b, t + 1]) if inside else 0.0
             delta = float(rewards[b, t]) + gamma * next_value - float(values[b, t])
             running = delta + gamma * lam * running
             advantages[b, t] = running
@@ -243,8 +247,9 @@ def _gae_hint(got, rewards, values, mask, gamma, lam) -> str:
     for text, candidate in wrong.items():
         if candidate is not None and torch.allclose(adv, candidate, rtol=1e-4, atol=1e-5):
             return f"\nHint: {text}."
-    if not mask.all() and torch.allclose(adv * mask, _gae_reference(rewards, values, torch.ones_like(mask), gamma, lam)[0] * mask,
-                                         rtol=1e-4, atol=1e-5):
+    if not mask.all() and any(torch.allclose(adv * mask, candidate * mask, rtol=1e-4, atol=1e-5) for candidate in (
+            _gae_reference(rewards, values, torch.ones_like(mask), gamma, lam)[0],
+            _gae_reference(rewards, values, mask, gamma, lam, bootstrap_from_padding=True)[0])):
         return "\nHint: the value after an answer's last token is 0: do not read values (or rewards) where the mask is False."
     return ""
 
@@ -307,6 +312,8 @@ def _dpo_reference(pc, pr, rc, rr, beta):
 def _dpo_hint(got, pc, pr, rc, rr, beta) -> str:
     if type(got) is not torch.Tensor or got.numel() != 1:
         return ""
+    if not torch.isfinite(got).all():
+        return "\nHint: " + _STABLE.lstrip("; ") + "."
     wrong = {
         "beta multiplies the difference of the two log-ratios inside the sigmoid": _dpo_reference(pc, pr, rc, rr, 1.0),
         "the log-ratios are policy - reference (the reference is subtracted, not added)":
@@ -495,9 +502,9 @@ def check_aligned_policy(align_policy, seed: int | None = 0, noise: float = 0.1)
     if result["truthful"] < sft_truthful - MAX_TRUTH_LOSS:
         raise AssertionError(
             f"{what}: the policy's answers are true {result['truthful']:.0%} of the time on the held-out people, the SFT "
-            f"model's {sft_truthful:.0%}; at most {MAX_TRUTH_LOSS:.0%} may be lost. The reward for being short has "
-            "overtaken the reward for being right: keep the policy closer to the SFT model (a larger beta, fewer steps or "
-            "a smaller learning rate).")
+            f"model's {sft_truthful:.0%}; at most {MAX_TRUTH_LOSS:.0%} may be lost (mean length {result['words']:.1f} "
+            "words). Being short has paid more than being right: keep the policy closer to the SFT model (a larger "
+            "beta, fewer steps or a smaller learning rate), and check that chosen and rejected are not swapped.")
     if result["win_rate"] < MIN_WIN_RATE:
         raise AssertionError(
             f"{what}: the rule prefers the policy's answers to the SFT model's {result['win_rate']:.1%} of the time "
