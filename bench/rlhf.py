@@ -2,6 +2,7 @@
 
     .venv/bin/python bench/rlhf.py             # writes course_lib/assets/rlhf/ (about 6 minutes on 2 cores)
     .venv/bin/python bench/rlhf.py --runs-only # keeps the SFT model, redoes the long runs
+    .venv/bin/python bench/rlhf.py --runs-only --quick --out /tmp/runs.json   # two steps of each: a smoke test
 
 1. The SFT model: ``course-lm-small`` fine-tuned with ``rlhf.RECIPES["sft"]`` on ``rlhf.sft_pairs()``,
    saved to ``course_lib/assets/rlhf/sft`` (what the lesson loads).
@@ -77,12 +78,12 @@ def history_dict(history: rlhf.RLHistory) -> dict:
     return {"steps": history.steps, "evals": history.evals, "seconds": round(history.seconds, 2)}
 
 
-def long_runs(tokenizer, progress: bool) -> dict:
+def long_runs(tokenizer, progress: bool, steps: int = rlhf.LONG_STEPS, rm_chunks=RM_CHUNKS) -> dict:
     sft = rlhf.load_sft()
     data = rlhf.preference_data()
     facts = rlhf.question_facts()
     judge = rlhf.Judge.against(sft, tokenizer, facts["heldout"])
-    out = {"machine": machine(), "recipes": rlhf.RECIPES, "long_steps": rlhf.LONG_STEPS,
+    out = {"machine": machine(), "recipes": rlhf.RECIPES, "long_steps": steps,
            "lesson_steps": rlhf.LESSON_STEPS, "sft_epoch_seconds": sft_epoch_seconds(tokenizer), "runs": {}}
 
     # The reward model: held-out accuracy as it trains (the lesson trains the first RECIPES steps).
@@ -90,7 +91,7 @@ def long_runs(tokenizer, progress: bool) -> dict:
     seed_everything(recipe["seed"])
     reward_model = rlhf.RewardModel(copy.deepcopy(sft))
     points, done = [], 0
-    for total in RM_CHUNKS:
+    for total in rm_chunks:
         rlhf.train_reward_model(reward_model, tokenizer, data["train"], steps=total - done, lr=recipe["lr"],
                                 batch_size=recipe["batch_size"], seed=recipe["seed"] + done, progress=progress)
         done = total
@@ -106,20 +107,20 @@ def long_runs(tokenizer, progress: bool) -> dict:
     for name in ("ppo", "ppo_no_kl"):
         seed_everything(0)
         policy = rlhf.PolicyWithValue(copy.deepcopy(sft))
-        history = rlhf.ppo_train(policy, sft, reward_model, tokenizer, facts["train"], steps=rlhf.LONG_STEPS,
+        history = rlhf.ppo_train(policy, sft, reward_model, tokenizer, facts["train"], steps=steps,
                                  judge=judge, eval_every=10, progress=progress, **rlhf.RECIPES[name])
         out["runs"][name] = history_dict(history)
 
     seed_everything(0)
     policy = copy.deepcopy(sft)
-    history = rlhf.dpo_train(policy, sft, tokenizer, data["train"], steps=rlhf.LONG_STEPS, judge=judge, eval_every=10,
+    history = rlhf.dpo_train(policy, sft, tokenizer, data["train"], steps=steps, judge=judge, eval_every=10,
                              progress=progress, **rlhf.RECIPES["dpo"])
     out["runs"]["dpo"] = history_dict(history)
 
     pairs, heldout = rlhf.grpo_pairs()
     seed_everything(0)
     policy = copy.deepcopy(sft)
-    history = rlhf.grpo_train(policy, sft, tokenizer, pairs, steps=rlhf.LONG_STEPS, heldout=heldout["sums"],
+    history = rlhf.grpo_train(policy, sft, tokenizer, pairs, steps=steps, heldout=heldout["sums"],
                               eval_every=10, progress=progress, **rlhf.RECIPES["grpo"])
     out["runs"]["grpo"] = history_dict(history)
     out["runs"]["grpo"]["sorting"] = {"before": rlhf.verifiable_accuracy(sft, tokenizer, heldout["sorting"]),
@@ -131,14 +132,16 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="bench/rlhf.py", description=__doc__.split("\n\n")[0])
     parser.add_argument("--runs-only", action="store_true", help="keep the saved SFT model, redo the long runs")
     parser.add_argument("--quiet", action="store_true")
+    parser.add_argument("--quick", action="store_true", help="2 steps of everything (a smoke test; use with --out)")
+    parser.add_argument("--out", type=Path, default=rlhf.CURVES_FILE, help="where to write the long runs")
     args = parser.parse_args(argv)
     torch.set_num_threads(2)
     tokenizer = course_tokenizer(0)
     if not args.runs_only:
         print("SFT:", make_sft(tokenizer, not args.quiet), flush=True)
-    runs = long_runs(tokenizer, not args.quiet)
-    rlhf.CURVES_FILE.write_text(json.dumps(runs, indent=1) + "\n")
-    print(f"wrote {rlhf.CURVES_FILE}")
+    runs = long_runs(tokenizer, not args.quiet, *((2, (2,)) if args.quick else ()))
+    args.out.write_text(json.dumps(runs, indent=1) + "\n")
+    print(f"wrote {args.out}")
     return 0
 
 

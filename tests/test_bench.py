@@ -64,3 +64,20 @@ def test_the_gpu_fine_tuning_bench_runs_as_a_smoke_test_on_the_cpu(tmp_path):
     text = out.read_text()
     assert "| full |" in text and "| lora |" in text and "[96, 96]" in text
     assert (tmp_path / "finetune.json").is_file()
+
+
+def test_the_rlhf_long_runs_command_runs_and_writes_what_the_lesson_reads(tmp_path):
+    """bench/rlhf.py, two steps of each run (the committed file holds rlhf.LONG_STEPS of each)."""
+    import json
+
+    from bench import rlhf as rlhf_bench
+
+    out = tmp_path / "runs.json"
+    assert rlhf_bench.main(["--runs-only", "--quick", "--quiet", "--out", str(out)]) == 0
+    runs = json.loads(out.read_text())
+    committed = json.loads(rlhf_bench.rlhf.CURVES_FILE.read_text())
+    assert set(runs) == set(committed) and set(runs["runs"]) == set(committed["runs"])
+    assert runs["long_steps"] == 2 and [p["step"] for p in runs["runs"]["reward_model"]["points"]] == [2]
+    for name in ("ppo", "ppo_no_kl", "dpo", "grpo"):
+        assert [s["step"] for s in runs["runs"][name]["steps"]] == [1, 2]
+        assert runs["runs"][name]["evals"][0] == committed["runs"][name]["evals"][0]     # the same start, measured again
