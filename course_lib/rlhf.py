@@ -622,10 +622,7 @@ def ppo_train(policy: PolicyWithValue, ref, reward_model: RewardModel, tokenizer
             logprobs = _gather_answer(logits, rollout)
             value_loss = (((new_values[:, p - 1:-1] - returns) ** 2) * rollout.mask).sum() / rollout.mask.sum()
             loss = ppo_policy_loss(logprobs, old_logprobs, advantages, rollout.mask, clip) + vf_coef * value_loss
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-            optimizer.step()
+            _update(optimizer, policy, loss)
         policy.eval()
         history.seconds += time.perf_counter() - start
         kl = float(((old_logprobs - ref_logprobs) * rollout.mask).sum(dim=1).mean())
@@ -634,6 +631,14 @@ def ppo_train(policy: PolicyWithValue, ref, reward_model: RewardModel, tokenizer
         if judge is not None and (step % eval_every == 0 or step == steps):
             history.evals.append({"step": step, **judge.evaluate(policy.lm)})
     return history
+
+
+def _update(optimizer, model, loss: torch.Tensor) -> None:
+    """One optimiser step on ``loss``, the gradient's norm clipped to 1."""
+    optimizer.zero_grad(set_to_none=True)
+    loss.backward()
+    torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+    optimizer.step()
 
 
 def _gather_answer(logits: torch.Tensor, rollout: Rollout) -> torch.Tensor:
@@ -687,10 +692,7 @@ def dpo_train(policy, ref, tokenizer, pairs, steps: int = 60, beta: float = 0.1,
         policy.train()
         logps = sequence_logprobs(policy, ids, mask)
         loss = loss_fn(logps[:n], logps[n:], ref_logps[:n], ref_logps[n:], beta)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        optimizer.step()
+        _update(optimizer, policy, loss)
         policy.eval()
         history.seconds += time.perf_counter() - start
         ratios = (logps - ref_logps).detach()
@@ -823,10 +825,7 @@ def grpo_train(policy, ref, tokenizer, pairs: list[tuple[str, str]], steps: int 
         kl = torch.exp(ref_logprobs - logprobs) - (ref_logprobs - logprobs) - 1
         per_token = -(surrogate - beta * kl) * rollout.mask
         loss = (per_token.sum(dim=1) / rollout.mask.sum(dim=1)).mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(policy.parameters(), 1.0)
-        optimizer.step()
+        _update(optimizer, policy, loss)
         policy.eval()
         history.seconds += time.perf_counter() - start
         history.steps.append({"step": step, "reward": float(rewards.mean()),

@@ -229,6 +229,16 @@ def test_group_advantages_by_hand():
             rlhf.group_advantages(bad)
 
 
+def test_group_advantages_are_trls_grpo_advantages():
+    """trl's GRPOTrainer (scale_rewards="group"): (r - group mean) / (trl.trainer.utils.nanstd of the group + 1e-4)."""
+    from trl.trainer.utils import nanstd
+
+    gen = torch.Generator().manual_seed(0)
+    rewards = torch.cat([(torch.rand(5, 8, generator=gen) < 0.3).float(), torch.randn(3, 8, generator=gen)])
+    theirs = (rewards - rewards.mean(dim=1, keepdim=True)) / (nanstd(rewards, dim=1, keepdim=True) + 1e-4)
+    assert torch.allclose(rlhf.group_advantages(rewards), theirs, atol=1e-6)
+
+
 def test_exact_reward_ignores_spaces_at_the_ends_only():
     assert rlhf.exact_reward([" 19", "1 3 5", "13 5", ""], ["19", "1 3 5", "1 3 5", "0"]).tolist() == [1.0, 1.0, 0.0, 0.0]
 
