@@ -920,3 +920,89 @@ def long_runs(path=None) -> dict:
     import json
 
     return json.loads(Path(CURVES_FILE if path is None else path).read_text(encoding="utf-8"))
+
+
+# --------------------------------------------------------------------------- display helpers (lesson 09)
+
+
+def draw_pipeline(ax) -> None:
+    """The InstructGPT pipeline as boxes and arrows on ``ax``: demonstrations -> SFT; comparisons -> reward model;
+    SFT + reward model -> PPO (with a KL leash to SFT); and DPO's shortcut from comparisons straight to the policy.
+    Defined in lesson 09."""
+    from matplotlib.patches import FancyArrowPatch, FancyBboxPatch
+
+    boxes = {"demos": (0.0, 2.0, "demonstrations\n(question, answer)"), "sft": (3.0, 2.0, "1. SFT model\n(lesson 08)"),
+             "pairs": (0.0, 0.6, "comparisons\n(question, chosen, rejected)"), "rm": (3.0, 0.6, "2. reward model\nBradley-Terry"),
+             "ppo": (6.2, 1.3, "3. PPO policy\nreward - β·KL(π‖π_SFT)"), "dpo": (6.2, -0.3, "DPO policy\n(no reward model,\nno sampling)")}
+    for x, y, text in boxes.values():
+        ax.add_patch(FancyBboxPatch((x, y), 2.3, 0.9, boxstyle="round,pad=0.05", facecolor="#eef3fb", edgecolor="black"))
+        ax.text(x + 1.15, y + 0.45, text, ha="center", va="center", fontsize=8.5)
+    arrows = [("demos", "sft", ""), ("pairs", "rm", ""), ("sft", "ppo", "start + KL leash"), ("rm", "ppo", "reward"),
+              ("pairs", "dpo", "DPO's shortcut")]
+    for a, b, label in arrows:
+        (xa, ya, _), (xb, yb, _) = boxes[a], boxes[b]
+        start, end = (xa + 2.35, ya + 0.45), (xb - 0.05, yb + 0.45)
+        ax.add_patch(FancyArrowPatch(start, end, arrowstyle="-|>", mutation_scale=12, color="dimgrey"))
+        if label:
+            ax.text((start[0] + end[0]) / 2, (start[1] + end[1]) / 2 + 0.12, label, ha="center", fontsize=7.5, color="dimgrey")
+    ax.set_xlim(-0.2, 8.7)
+    ax.set_ylim(-0.5, 3.1)
+    ax.axis("off")
+    ax.set_title("RLHF as InstructGPT did it (1-2-3), and DPO's shortcut")
+
+
+def smooth(values: list[float], window: int = 10) -> list[float]:
+    """The running mean of ``values`` over the last ``window`` entries (fewer at the start). Defined in lesson 09."""
+    out, total = [], 0.0
+    for i, v in enumerate(values):
+        total += v - (values[i - window] if i >= window else 0.0)
+        out.append(total / min(i + 1, window))
+    return out
+
+
+def plot_training(history: RLHistory, axes, label: str, keys=("reward", "kl"), evaluation: str = "win_rate",
+                  window: int = 1, **style) -> None:
+    """One run on three axes: ``keys`` per step (smoothed over ``window`` steps) on the first two, ``evaluation``
+    at each evaluation on the third. ``history`` is an :class:`RLHistory` or a long run's dict. Defined in lesson 09."""
+    steps = history["steps"] if isinstance(history, dict) else history.steps
+    evals = history["evals"] if isinstance(history, dict) else history.evals
+    for ax, key in zip(axes, keys):
+        ax.plot([s["step"] for s in steps], smooth([s[key] for s in steps], window), label=label, **style)
+        ax.set_xlabel("step")
+        ax.set_ylabel(key)
+    axes[-1].plot([e["step"] for e in evals], [e[evaluation] for e in evals], marker="o", ms=3, label=label, **style)
+    axes[-1].set_xlabel("step")
+    axes[-1].set_ylabel(evaluation.replace("_", " "))
+
+
+def comparison_rows(runs: dict, sft_epoch_seconds: float) -> list[dict]:
+    """One row per run for the lesson's table: the last steps' mean reward and KL, the last evaluation, the wall time
+    and its ratio to one SFT epoch. ``runs`` maps a name to an :class:`RLHistory` or a long run's dict. Defined in lesson 09."""
+    rows = []
+    for name, run in runs.items():
+        steps = run["steps"] if isinstance(run, dict) else run.steps
+        evals = run["evals"] if isinstance(run, dict) else run.evals
+        seconds = run["seconds"] if isinstance(run, dict) else run.seconds
+        last = steps[-max(1, len(steps) // 5):]
+        final = evals[-1]
+        outcome = final.get("win_rate", final.get("accuracy"))
+        rows.append({"method": name, "steps": len(steps), "reward": sum(s["reward"] for s in last) / len(last),
+                     "kl": sum(s["kl"] for s in last) / len(last),
+                     "measure": "win rate" if "win_rate" in final else "sums accuracy", "start": evals[0].get(
+                         "win_rate", evals[0].get("accuracy")), "end": outcome, "seconds": seconds,
+                     "sft_epochs": seconds / sft_epoch_seconds})
+    return rows
+
+
+def show_comparison(rows: list[dict]) -> None:
+    """Print :func:`comparison_rows` as a table. Defined in lesson 09."""
+    print(f"{'method':<12}{'steps':>6}{'reward':>9}{'KL':>7}  {'true measure':<14}{'start':>7}{'end':>7}"
+          f"{'seconds':>9}{'SFT epochs':>12}")
+    for r in rows:
+        print(f"{r['method']:<12}{r['steps']:>6}{r['reward']:>9.2f}{r['kl']:>7.2f}  {r['measure']:<14}{r['start']:>7.2f}"
+              f"{r['end']:>7.2f}{r['seconds']:>9.1f}{r['sft_epochs']:>12.2f}")
+
+
+def sft_epoch_steps() -> int:
+    """Steps in one epoch of the SFT recipe: ``ceil(len(sft_pairs()) / batch_size)``. Defined in lesson 09."""
+    return math.ceil(len(sft_pairs()) / RECIPES["sft"]["batch_size"])
