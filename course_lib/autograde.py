@@ -83,6 +83,15 @@ class RemoteFunction:
                                    workers={"driver": driver, "world_size": world_size, "timeout": timeout})
         return self._outcome(result, (), {})
 
+    def through(self, driver: str, *args):
+        """Run ``driver(this function, *args)`` once in the sandbox and return what it returned.
+
+        ``driver`` is ``"course_lib.checks.<module>:<function>"``: a check's code that must run next
+        to the learner's function, such as a backward pass through the learner's loss.
+        """
+        result = self.sandbox.call(self.__name__, args, {}, self.rules, driver=driver)
+        return self._outcome(result, (), {})
+
     def _outcome(self, result: CallResult, args: tuple, kwargs: dict):
         for text in (result.stdout, result.stderr):
             if text:

@@ -219,8 +219,8 @@ class _Server:
             return {"ok": False, "error": _error(err), "stdout": "", "stderr": ""}
         args, kwargs = message["args"], message["kwargs"]
         rules = self.guard.Rules.from_dict(message["rules"]) if message["rules"] else None
-        if message.get("workers"):
-            return self.call_in_workers(name, fn, rules, message)
+        if message.get("workers") or message.get("driver"):
+            return self.call_driver(fn, rules, message)
         value, failure, violations = None, None, None
         with _captured() as (out, err):
             try:
@@ -241,36 +241,46 @@ class _Server:
             "kwargs": {k: _sync_state(v) for k, v in kwargs.items()}, "stdout": out.text(), "stderr": err.text(),
         }
 
+    def call_driver(self, fn, rules, message: dict) -> dict:
+        """Run a check's driver here, handing it the learner's ``fn`` watched by ``rules`` (``answer``).
 
-    def call_in_workers(self, name: str, fn, rules, message: dict) -> dict:
-        """Run a check's driver on every rank of a process group of forked copies of this process.
-
-        ``message["workers"]`` names the driver (``"course_lib.checks.<module>:<function>"``),
-        the world size and a timeout. Rank r runs ``driver(r, world_size, answer, *args)``, where
-        ``answer`` is the learner's ``fn`` watched by ``rules``; the reply's value is the list of
-        what the drivers returned, in rank order.
+        ``message["driver"]`` names it (``"course_lib.checks.<module>:<function>"``) and it runs once,
+        ``driver(answer, *args)``: for what cannot cross to the grader, such as the gradients a
+        learner's loss lets through. With ``message["workers"]`` (the driver, a world size and a
+        timeout) rank r of a process group of forked copies of this process runs
+        ``driver(r, world_size, answer, *args)``. The reply's value is what the driver returned (a
+        list in rank order with workers), as data only.
         """
         from course_lib.distributed import run_forked
 
-        spec = message["workers"]
-        module, _, qualname = str(spec["driver"]).partition(":")
+        spec = message.get("workers") or {"driver": message["driver"]}
         try:
-            if not module.startswith("course_lib.checks."):
-                raise ValueError(f"a driver must live in course_lib.checks, got {spec['driver']!r}")
-            driver = importlib.import_module(module)
-            for part in qualname.split("."):
-                driver = getattr(driver, part)
+            driver = _driver(spec["driver"])
         except Exception as err:  # noqa: BLE001  (the check named a driver that is not there)
             return {"ok": False, "error": _error(err), "stdout": "", "stderr": ""}
         answer = fn if rules is None else self.guard.watched(fn, rules)
         value, failure = None, None
         with _captured() as (out, err):
             try:
-                value = run_forked(driver, int(spec["world_size"]), answer, *message["args"], timeout=float(spec["timeout"]))
-            except Exception as exc:  # a rank that raised, died or hung: the message names it
+                if "world_size" in spec:
+                    value = run_forked(driver, int(spec["world_size"]), answer, *message["args"], timeout=float(spec["timeout"]))
+                else:
+                    value = driver(answer, *message["args"])
+            except Exception as exc:  # the learner's error, the watch's verdict, or a rank that raised, died or hung
                 failure = exc
         return {"ok": failure is None, "value": wire.encode(value), "error": _error(failure) if failure else None,
                 "violations": None, "args": [], "kwargs": {}, "stdout": out.text(), "stderr": err.text()}
+
+
+def _driver(spec: str):
+    """The function ``"course_lib.checks.<module>:<function>"`` names (a check's own code, run in the sandbox)."""
+    module, _, qualname = str(spec).partition(":")
+    if not module.startswith("course_lib.checks."):
+        raise ValueError(f"a driver must live in course_lib.checks, got {spec!r}")
+    driver = importlib.import_module(module)
+    for part in qualname.split("."):
+        driver = getattr(driver, part)
+    return driver
 
 
 def _serve_main(read_fd: int, write_fd: int, isolation: str) -> None:
@@ -822,15 +832,18 @@ class Sandbox:
             result.ok, result.error = False, self._stopped(how, "the cell")
         return result
 
-    def call(self, name: str, args: tuple, kwargs: dict, rules: dict | None = None, workers: dict | None = None) -> CallResult:
+    def call(self, name: str, args: tuple, kwargs: dict, rules: dict | None = None, workers: dict | None = None,
+             driver: str | None = None) -> CallResult:
         """Call the learner's function ``name`` with copies of ``args`` and ``kwargs``, watched by ``rules``.
 
         With ``workers`` (``{"driver": "course_lib.checks.<module>:<function>", "world_size": N,
         "timeout": seconds}``) the call runs the driver on N ranks of a process group instead,
-        each handing it the learner's function (see ``_Server.call_in_workers``).
+        each handing it the learner's function (see ``_Server.call_driver``). With ``driver``
+        (``"course_lib.checks.<module>:<function>"``) the sandbox runs ``driver(function, *args)`` once
+        and sends back what it returns (see ``_Server.call_driver``).
         """
         reply, how = self._exchange({"op": "call", "name": name, "args": tuple(args), "kwargs": dict(kwargs),
-                                     "rules": rules, "workers": workers})
+                                     "rules": rules, "workers": workers, "driver": driver})
         if how != "ok":
             return CallResult(False, error=self._stopped(how, name), timed_out=how != "died")
         return CallResult(bool(reply.get("ok")), reply.get("value"), reply.get("error"), reply.get("violations"),

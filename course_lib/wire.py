@@ -5,7 +5,8 @@ The grader trusts what it sends, so anything picklable goes to the sandbox (a mo
 
 - ``None``, ``bool``, ``int``, ``float``, ``complex``, ``str``, ``bytes``,
 - plain ``torch.Tensor`` (detached), ``torch.dtype``, ``torch.device``, ``torch.Size``,
-- ``tuple``, ``list`` and ``dict`` of those,
+- ``tuple``, ``list`` and ``dict`` of those (an ``OrderedDict``, the type of a model's
+  ``state_dict()``, arrives as a ``dict``),
 
 and is read with ``torch.load(weights_only=True)``, which builds those types and runs no
 other code. Any other object (a numpy number, a tensor subclass, a class instance) arrives
@@ -15,6 +16,7 @@ can say "should return a torch.Tensor, got ndarray".
 
 from __future__ import annotations
 
+import collections
 import io
 import os
 import struct
@@ -64,7 +66,7 @@ def encode(value, depth: int = 0):
         return torch.Size(value)
     if kind in (tuple, list):
         return kind(encode(v, depth + 1) for v in value)
-    if kind is dict:
+    if kind is dict or kind is collections.OrderedDict:
         return {encode(k, depth + 1): encode(v, depth + 1) for k, v in value.items()}
     try:
         text = repr(value)[:500]

@@ -162,3 +162,5 @@ def test_a_driver_outside_the_checks_is_refused(sandbox):
     assert sandbox.run_cell("def f(model):\n    return None\n").ok
     result = sandbox.call("f", (), {}, None, workers={"driver": "os:system", "world_size": 1, "timeout": 5})
     assert not result.ok and "course_lib.checks" in result.error["evalue"]
+    result = sandbox.call("f", ("echo run",), {}, None, driver="os:system")
+    assert not result.ok and "course_lib.checks" in result.error["evalue"]

@@ -25,7 +25,7 @@ def test_the_capstone_gives_comparisons_without_facts_or_flags_the_same_for_the_
 
     def unchanged(sft_model, tokenizer, comparisons):
         seen.append(comparisons)
-        return sft_model
+        return sft_model.state_dict()
 
     for _ in range(2):
         with pytest.raises(AssertionError, match=r"prefers the policy's answers to the SFT model's 50.0% of the time"):
@@ -42,8 +42,8 @@ def test_the_capstone_says_when_alignment_cost_the_truth():
 
 
 @pytest.mark.parametrize("mutant,message", [
-    (mutants.align_returns_state_dict, "should return a course_lib.models.DecoderLM"),
-    (mutants.align_other_model, "should return a model with the SFT model's configuration"),
+    (mutants.align_returns_model, r"should return the aligned policy's weights, policy.state_dict\(\) .*got DecoderLM"),
+    (mutants.align_other_model, "the weights should be the SFT model's parameters"),
     (mutants.align_nan_weights, "should be a finite float32 tensor"),
 ])
 def test_a_malformed_policy_is_refused_with_what_is_wrong(mutant, message):
@@ -54,7 +54,7 @@ def test_a_malformed_policy_is_refused_with_what_is_wrong(mutant, message):
 def test_the_hidden_test_fails_a_policy_that_lost_the_skill_of_sorting():
     """course-lm-small before instruction tuning has the SFT model's shape but has never seen the chat format."""
     with pytest.raises(AssertionError, match=r"the policy sorts \d+% of them exactly, the SFT model 9\d%"):
-        checks.check_aligned_policy_keeps_skills(load_pretrained("course-lm-small"), seed=0)
+        checks.check_aligned_policy_keeps_skills(load_pretrained("course-lm-small").state_dict(), seed=0)
 
 
 def test_an_answer_that_raises_fails_with_the_call_named():
@@ -99,3 +99,57 @@ def test_the_checks_float64_references_are_the_librarys_functions():
     assert torch.allclose(rlhf.dpo_loss(*logps, 0.2), checks._dpo_reference(*logps, 0.2))
     grouped = (torch.rand(3, 8, generator=gen) < 0.5).double()
     assert torch.allclose(rlhf.group_advantages(grouped), checks._group_reference(grouped, 1e-4))
+
+
+# --------------------------------------------------------------------------- graded: the learner's functions live in a sandbox
+
+
+@pytest.fixture(scope="module")
+def sandbox():
+    from course_lib.sandbox import Sandbox
+
+    with Sandbox(timeout=120) as box:
+        yield box
+
+
+LEARNER_CELL = '''
+import copy, torch
+import torch.nn.functional as F
+
+def bradley_terry_loss(chosen_scores, rejected_scores):
+    return -F.logsigmoid(chosen_scores - rejected_scores).mean()
+
+def bt_detached(chosen_scores, rejected_scores):
+    return -F.logsigmoid(chosen_scores - rejected_scores).mean().detach()
+
+def dpo_loss(policy_chosen_logps, policy_rejected_logps, ref_chosen_logps, ref_rejected_logps, beta=0.1):
+    margin = (policy_chosen_logps - ref_chosen_logps) - (policy_rejected_logps - ref_rejected_logps)
+    return -F.logsigmoid(beta * margin).mean()
+
+def returns_the_model(sft_model, tokenizer, comparisons):
+    return copy.deepcopy(sft_model)
+
+def returns_the_weights(sft_model, tokenizer, comparisons):
+    return sft_model.state_dict()
+'''
+
+
+def test_graded_the_gradients_are_taken_next_to_the_learners_function(sandbox):
+    """A gradient cannot travel back from the sandbox, so the backward pass runs there and only the report returns."""
+    from course_lib.autograde import RemoteFunction
+
+    assert sandbox.run_cell(LEARNER_CELL).ok
+    checks.check_bradley_terry_loss(RemoteFunction(sandbox, "bradley_terry_loss"), seed=0)
+    checks.check_dpo_loss(RemoteFunction(sandbox, "dpo_loss"), seed=0)
+    with pytest.raises(AssertionError, match="gradients flow through"):
+        checks.check_bradley_terry_loss(RemoteFunction(sandbox, "bt_detached"), seed=0)
+
+
+def test_graded_the_capstone_takes_weights_not_a_model(sandbox):
+    from course_lib.autograde import RemoteFunction
+
+    assert sandbox.run_cell(LEARNER_CELL).ok
+    with pytest.raises(AssertionError, match=r"policy.state_dict\(\) \(a dict of tensors\), got DecoderLM"):
+        checks.check_aligned_policy(RemoteFunction(sandbox, "returns_the_model"))
+    with pytest.raises(AssertionError, match=r"prefers the policy's answers to the SFT model's 50.0% of the time"):
+        checks.check_aligned_policy(RemoteFunction(sandbox, "returns_the_weights"))

@@ -37,6 +37,13 @@ def test_only_data_comes_back_and_other_objects_keep_their_type_name():
     assert type(got["sub"]).__name__ == "Parameter"
 
 
+def test_a_state_dict_comes_back_as_a_plain_dict_of_tensors():
+    model = torch.nn.Linear(3, 2)
+    got = wire.loads_untrusted(wire.dumps(wire.encode(model.state_dict())))
+    assert type(got) is dict and list(got) == ["weight", "bias"]
+    assert all(type(v) is torch.Tensor for v in got.values()) and torch.equal(got["weight"], model.weight.detach())
+
+
 def test_a_pickle_that_would_run_code_is_refused():
     buffer = io.BytesIO()
     pickle.dump(Evil(), buffer)

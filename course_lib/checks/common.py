@@ -100,6 +100,42 @@ def call_explained(fn, *args, what: str, hint: str = "", **kwargs):
         raise AssertionError(f"{what} raised {type(err).__name__}: {err}{hint}") from None
 
 
+def loss_gradients(loss_fn, inputs: list[torch.Tensor], more: tuple = ()) -> dict:
+    """A backward pass through ``loss_fn(*inputs, *more)``, reported as data (a driver: it runs where the learner's code runs).
+
+    ``inputs`` are copied into leaves that require gradients (``more``, such as a beta, are passed
+    after them as they are). Returns ``{"type": the result's type
+    name, "requires_grad": bool, "value": the detached result or None, "grads": one gradient (or
+    None) per input}``; the backward pass runs only for a plain scalar tensor that requires grad.
+    """
+    leaves = [t.detach().clone().requires_grad_(True) for t in inputs]
+    got = loss_fn(*leaves, *more)
+    report = {"type": type(got).__name__, "requires_grad": False, "value": None, "grads": [None] * len(leaves)}
+    if type(got) is torch.Tensor:
+        report["requires_grad"], report["value"] = bool(got.requires_grad), got.detach().clone()
+        if got.requires_grad and got.numel() == 1:
+            got.backward()
+            report["grads"] = [None if t.grad is None else t.grad.detach().clone() for t in leaves]
+    return report
+
+
+def call_with_gradients(loss_fn, inputs: list[torch.Tensor], what: str, more: tuple = ()) -> dict:
+    """:func:`loss_gradients` of the learner's ``loss_fn``, run in its grading sandbox when it lives in one.
+
+    Gradients cannot travel back from a sandbox (only data does), so there the backward pass
+    runs next to the learner's function and only the report comes back.
+    """
+    driver = f"{__name__}:loss_gradients"
+    try:
+        if hasattr(loss_fn, "through"):  # the grader: the learner's function lives in a sandbox
+            return loss_fn.through(driver, list(inputs), tuple(more))
+        return loss_gradients(loss_fn, list(inputs), tuple(more))
+    except AssertionError:
+        raise
+    except Exception as err:  # noqa: BLE001  (the answer's own error, reported as a failed check)
+        raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from None
+
+
 def expect_tensor(got, expected: torch.Tensor, what: str, *, atol: float | None = None, rtol: float | None = None) -> None:
     """Fail unless ``got`` is a plain ``torch.Tensor`` with ``expected``'s dtype, shape, device and values.
 

@@ -18,7 +18,7 @@ import math
 
 import torch
 
-from course_lib.checks.common import call_explained, expect_same_device, expect_tensor, new_generator, randint
+from course_lib.checks.common import call_explained, call_with_gradients, expect_same_device, expect_tensor, new_generator, randint
 from course_lib.checks.guard import Rules, watched
 
 BRADLEY_TERRY = Rules(
@@ -58,20 +58,20 @@ def _log_sigmoid64(x: torch.Tensor) -> torch.Tensor:
     return torch.where(x >= 0, -torch.log1p(torch.exp(-x.clamp(min=0))), x - torch.log1p(torch.exp(x.clamp(max=0))))
 
 
-def _expect_gradients(loss_fn, inputs: list[torch.Tensor], reference, what: str) -> None:
+def _expect_gradients(loss_fn, inputs: list[torch.Tensor], reference, what: str, more: tuple = ()) -> None:
     """The learner's loss must be differentiable, with the reference's gradients with respect to every input."""
-    mine = [t.detach().clone().requires_grad_(True) for t in inputs]
-    got = call_explained(loss_fn, *mine, what=what)
-    if type(got) is not torch.Tensor or not got.requires_grad:
+    report = call_with_gradients(loss_fn, inputs, what, more)
+    if not isinstance(report, dict) or report.get("type") != "Tensor" or not report.get("requires_grad"):
         raise AssertionError(f"{what} should return a tensor that gradients flow through (a training loss); "
                              "do not detach it or convert it to a number")
-    got.backward()
     theirs = [t.detach().double().requires_grad_(True) for t in inputs]
     reference(*theirs).backward()
-    for i, (m, t) in enumerate(zip(mine, theirs)):
-        if m.grad is None or not torch.allclose(m.grad.double(), t.grad, rtol=1e-4, atol=1e-6):
+    grads = report.get("grads")
+    for i, t in enumerate(theirs):
+        m = grads[i] if isinstance(grads, list) and i < len(grads) else None
+        if type(m) is not torch.Tensor or m.shape != t.grad.shape or not torch.allclose(m.double(), t.grad, rtol=1e-4, atol=1e-6):
             raise AssertionError(f"{what}: the gradient with respect to input {i} is wrong "
-                                 f"(expected {t.grad.tolist()}, got {None if m.grad is None else m.grad.tolist()})")
+                                 f"(expected {t.grad.tolist()}, got {m.tolist() if type(m) is torch.Tensor else m})")
 
 
 # --------------------------------------------------------------------------- the Bradley-Terry loss
@@ -361,8 +361,8 @@ def check_dpo_loss(dpo_loss, seed: int | None = None, n_cases: int = 12) -> None
         except AssertionError as err:
             raise AssertionError(str(err) + _dpo_hint(got, pc, pr, rc, rr, beta)) from None
     pc, pr, rc, rr = (-torch.rand(5, generator=gen) * 10 for _ in range(4))
-    _expect_gradients(lambda a, b, c, d: dpo_loss(a, b, c, d, 0.3), [pc, pr, rc, rr],
-                      lambda a, b, c, d: _dpo_reference(a, b, c, d, 0.3), f"dpo_loss's gradients, beta=0.3 (seed {seed})")
+    _expect_gradients(dpo_loss, [pc, pr, rc, rr], lambda a, b, c, d: _dpo_reference(a, b, c, d, 0.3),
+                      f"dpo_loss's gradients, beta=0.3 (seed {seed})", more=(0.3,))
     what = ("dpo_loss(policy_chosen_logps=..., policy_rejected_logps=..., ref_chosen_logps=..., ref_rejected_logps=..., "
             f"beta=...) by keyword (seed {seed})")
     got = call_explained(dpo_loss, what=what, hint=_BY_KEYWORD, policy_chosen_logps=pc, policy_rejected_logps=pr,
@@ -442,42 +442,44 @@ MIN_WIN_RATE = 0.55
 MAX_TRUTH_LOSS = 0.05
 
 
-def _policy_model(policy, what: str):
-    """A fresh DecoderLM of the SFT model's shape holding the learner's weights, or an AssertionError that says why not."""
+def _policy_model(weights, what: str):
+    """A fresh DecoderLM of the SFT model's shape holding the learner's weights, or an AssertionError that says why not.
+
+    The weights come as a state dict: a model cannot travel back from a grading sandbox, its tensors can.
+    """
     from course_lib import rlhf
     from course_lib.models import DecoderLM
 
     sft = rlhf.load_sft()
-    if not isinstance(policy, DecoderLM):
-        raise AssertionError(f"{what} should return a course_lib.models.DecoderLM (the aligned copy of the SFT model), "
-                             f"got {type(policy).__name__}")
-    if policy.config != sft.config:
-        raise AssertionError(f"{what} should return a model with the SFT model's configuration {sft.config}, got {policy.config}")
-    state = {k: v for k, v in policy.state_dict().items()}
+    if not isinstance(weights, dict):
+        raise AssertionError(f"{what} should return the aligned policy's weights, policy.state_dict() (a dict of "
+                             f"tensors), got {type(weights).__name__}")
     expected = sft.state_dict()
-    if set(state) != set(expected):
-        raise AssertionError(f"{what}: the model's parameters are not the SFT model's (names differ)")
-    for name, value in state.items():
+    if set(weights) != set(expected):
+        missing, extra = sorted(set(expected) - set(weights)), sorted(set(weights) - set(expected))
+        raise AssertionError(f"{what}: the weights should be the SFT model's parameters (missing {missing[:3]}, "
+                             f"unexpected {extra[:3]}); return policy.state_dict() of a copy of sft_model")
+    for name, value in weights.items():
         if type(value) is not torch.Tensor or value.dtype != torch.float32 or value.shape != expected[name].shape \
                 or not torch.isfinite(value).all():
-            raise AssertionError(f"{what}: parameter {name!r} should be a finite float32 tensor of shape "
+            raise AssertionError(f"{what}: {name!r} should be a finite float32 tensor of shape "
                                  f"{tuple(expected[name].shape)}")
     fresh = DecoderLM(sft.config)
-    fresh.load_state_dict({k: v.detach().clone() for k, v in state.items()})
+    fresh.load_state_dict({k: v.detach().clone() for k, v in weights.items()})
     return fresh.eval(), sft
 
 
 def check_aligned_policy(align_policy, seed: int | None = 0, noise: float = 0.1) -> tuple:
-    """``align_policy(sft_model, tokenizer, comparisons) -> policy``: align the SFT model with the annotators' taste.
+    """``align_policy(sft_model, tokenizer, comparisons) -> weights``: align the SFT model with the annotators' taste.
 
     ``comparisons`` are ``(question, chosen, rejected)`` tuples about the training people,
     labelled by the hidden rule with ``noise`` of the labels flipped (drawn from ``seed``).
-    ``sft_model`` is a fresh copy of the lesson's SFT model (change it or copy it). The policy that
-    comes back (a DecoderLM of the same shape) is copied into a fresh model and asked, greedily,
+    ``sft_model`` is a fresh copy of the lesson's SFT model (change it or copy it). The weights that
+    come back (the policy's ``state_dict()``) are loaded into a fresh model, asked, greedily,
     every question about the held-out people, whom no comparison mentions. It passes when the rule
     prefers its answers to the SFT model's at least ``MIN_WIN_RATE`` of the time (ties count a
     half) and it loses at most ``MAX_TRUTH_LOSS`` of the SFT model's true answers. Returns
-    ``(policy, measurements)``: the policy for :func:`check_aligned_policy_keeps_skills`.
+    ``(weights, measurements)``: the weights for :func:`check_aligned_policy_keeps_skills`.
 
     Not watched: the capstone may use the whole library (``course_lib.rlhf`` is meant for it), and
     the watch would make its training many times slower. The comparisons carry no facts and no
@@ -492,8 +494,8 @@ def check_aligned_policy(align_policy, seed: int | None = 0, noise: float = 0.1)
     comparisons = [(p.question, p.chosen, p.rejected) for p in data["train"]]
     tokenizer = course_tokenizer(0)
     what = f"align_policy(sft_model, tokenizer, comparisons) ({len(comparisons):,} comparisons drawn with seed {seed})"
-    policy = call_explained(align_policy, rlhf.load_sft(), copy.deepcopy(tokenizer), comparisons, what=what)
-    model, sft = _policy_model(policy, what)
+    weights = call_explained(align_policy, rlhf.load_sft(), copy.deepcopy(tokenizer), comparisons, what=what)
+    model, sft = _policy_model(weights, what)
     facts = rlhf.question_facts()["heldout"]
     judge = rlhf.Judge.against(sft, tokenizer, facts)
     result = judge.evaluate(model)
@@ -510,15 +512,15 @@ def check_aligned_policy(align_policy, seed: int | None = 0, noise: float = 0.1)
             f"{what}: the rule prefers the policy's answers to the SFT model's {result['win_rate']:.1%} of the time "
             f"(mean length {result['words']:.1f} words); at least {MIN_WIN_RATE:.0%} is needed. Train longer or with a "
             "larger learning rate.")
-    return policy, result
+    return weights, result
 
 
 #: How much of the SFT model's sorting skill the aligned policy may lose.
 MAX_SKILL_LOSS = 0.10
 
 
-def check_aligned_policy_keeps_skills(policy, seed: int | None = None, n_problems: int = 100) -> dict:
-    """The policy that :func:`check_aligned_policy` passed, asked ``n_problems`` held-out sorting problems drawn now
+def check_aligned_policy_keeps_skills(weights, seed: int | None = None, n_problems: int = 100) -> dict:
+    """The policy's weights that :func:`check_aligned_policy` passed, asked ``n_problems`` held-out sorting problems drawn now
     (fresh with ``seed=None``) next to the SFT model: it passes when its exact-match accuracy is at most
     ``MAX_SKILL_LOSS`` below the SFT model's on the same problems. Returns both accuracies."""
     import random
@@ -528,7 +530,7 @@ def check_aligned_policy_keeps_skills(policy, seed: int | None = None, n_problem
 
     _, seed = new_generator(seed)
     what = f"the policy of align_policy, on {n_problems} sorting problems drawn with seed {seed}"
-    model, sft = _policy_model(policy, what)
+    model, sft = _policy_model(weights, what)
     heldout = rlhf.verifiable_tasks(n_heldout=10_000)["sorting"]["heldout"]
     problems = random.Random(f"check/skills/{seed}").sample(heldout, min(n_problems, len(heldout)))
     tokenizer = course_tokenizer(0)

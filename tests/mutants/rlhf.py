@@ -277,23 +277,23 @@ def _dpo(sft_model, tokenizer, comparisons, steps=30, lr=1e-4):
 
 
 def align_nothing(sft_model, tokenizer, comparisons):
-    """Returns the SFT model unchanged: a win rate of exactly 50%."""
-    return sft_model
+    """Returns the SFT model's weights unchanged: a win rate of exactly 50%."""
+    return sft_model.state_dict()
 
 
 def align_swapped(sft_model, tokenizer, comparisons):
     """Reads the comparisons as (question, rejected, chosen): learns the opposite taste."""
-    return _dpo(sft_model, tokenizer, [(q, r, c) for q, c, r in comparisons])
+    return _dpo(sft_model, tokenizer, [(q, r, c) for q, c, r in comparisons]).state_dict()
 
 
 def align_too_far(sft_model, tokenizer, comparisons):
-    """Ten times the learning rate, five times the steps: short answers, many of them false (reward hacking)."""
-    return _dpo(sft_model, tokenizer, comparisons, steps=150, lr=3e-4)
+    """Three times the learning rate, five times the steps: short answers, many of them false (reward hacking)."""
+    return _dpo(sft_model, tokenizer, comparisons, steps=150, lr=3e-4).state_dict()
 
 
-def align_returns_state_dict(sft_model, tokenizer, comparisons):
-    """Returns the weights, not the model."""
-    return _dpo(sft_model, tokenizer, comparisons).state_dict()
+def align_returns_model(sft_model, tokenizer, comparisons):
+    """Returns the model, not its weights (a model cannot travel back from the grading sandbox)."""
+    return _dpo(sft_model, tokenizer, comparisons)
 
 
 def align_nan_weights(sft_model, tokenizer, comparisons):
@@ -301,14 +301,14 @@ def align_nan_weights(sft_model, tokenizer, comparisons):
     policy = copy.deepcopy(sft_model)
     with torch.no_grad():
         policy.lm_head.weight[0, 0] = float("nan")
-    return policy
+    return policy.state_dict()
 
 
 def align_other_model(sft_model, tokenizer, comparisons):
-    """A different checkpoint (course-lm, not the SFT model's shape)."""
+    """A different checkpoint's weights (course-lm, not the SFT model's shape)."""
     from course_lib.models import load_pretrained
 
-    return load_pretrained("course-lm")
+    return load_pretrained("course-lm").state_dict()
 
 
 MUTANTS = {
@@ -338,7 +338,7 @@ MUTANTS = {
     },
     "test_align_policy": {
         f.__name__: f
-        for f in (align_nothing, align_swapped, align_too_far, align_returns_state_dict, align_nan_weights,
+        for f in (align_nothing, align_swapped, align_too_far, align_returns_model, align_nan_weights,
                   align_other_model)
     },
 }
