@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import copy
 import json
 import os
 import shutil
@@ -214,6 +215,22 @@ def autograde(course: Path, lesson: str, notebook: Path, student: str = STUDENT)
     scores.reasons = failure_reasons(graded)
     scores.notes = list(graded.metadata.get("course_grading", {}).get("notes", []))
     return scores
+
+
+def answered(release, solution):
+    """``release`` (a learner's notebook) with every answer cell filled in as ``solution`` writes it.
+
+    Both are nbformat notebooks; the solution's ``### BEGIN/END SOLUTION`` lines are left out.
+    What an honest learner who solved every exercise hands in (tests and benchmarks grade it).
+    """
+    answers = {c.metadata.get("nbgrader", {}).get("grade_id"): c.source for c in solution.cells}
+    nb = copy.deepcopy(release)
+    for cell in nb.cells:
+        meta = cell.metadata.get("nbgrader", {})
+        if meta.get("solution"):
+            lines = answers[meta["grade_id"]].splitlines()
+            cell.source = "\n".join(line for line in lines if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line)
+    return nb
 
 
 def _graded_cell_ids(notebook: Path) -> list[str]:

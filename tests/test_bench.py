@@ -81,3 +81,13 @@ def test_the_rlhf_long_runs_command_runs_and_writes_what_the_lesson_reads(tmp_pa
     for name in ("ppo", "ppo_no_kl", "dpo", "grpo"):
         assert [s["step"] for s in runs["runs"][name]["steps"]] == [1, 2]
         assert runs["runs"][name]["evals"][0] == committed["runs"][name]["evals"][0]     # the same start, measured again
+
+
+def test_the_class_grading_bench_grades_every_learner_as_expected(tmp_path):
+    """bench/classroom.py on lesson 00 with four learners (three honest, one blank): every score as expected."""
+    from bench import classroom as class_bench
+
+    out = tmp_path / "class.md"
+    assert class_bench.main(["--lesson", "00", "--learners", "4", "--out", str(out)]) == 0
+    text = out.read_text()
+    assert "| learners who got what they should | 4 of 4 |" in text and "the whole class" in text

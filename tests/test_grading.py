@@ -42,13 +42,7 @@ def released(course: Path, lesson: str):
 
 def solved(course: Path, lesson: str):
     """The learner's release with every answer cell filled in as the solution does it."""
-    nb = released(course, lesson)
-    answers = {nbgrader_meta(c).get("grade_id"): c.source for c in solution_notebook(lesson).cells}
-    for cell in nb.cells:
-        if nbgrader_meta(cell).get("solution"):
-            source = answers[nbgrader_meta(cell)["grade_id"]]
-            cell.source = "\n".join(line for line in source.splitlines() if "### BEGIN SOLUTION" not in line and "### END SOLUTION" not in line)
-    return nb
+    return grading.answered(released(course, lesson), solution_notebook(lesson))
 
 
 def write(nb, path: Path) -> Path:
