@@ -312,25 +312,37 @@ def prune_model(model: nn.Module, method: str, sparsity: float, batches: list[to
         raise ValueError(f"pattern should be (n, m), for example (2, 4), got {pattern!r}")
     if method != "magnitude" and not batches:
         raise ValueError(f"{method} needs calibration batches of token ids")
-    pruned = copy.deepcopy(model).eval()
-    for block in tqdm(decoder_blocks(pruned), desc=f"{method} pruning", disable=not progress):
+
+    def prune(name: str, layer: nn.Linear, stats: dict) -> torch.Tensor:
+        w = layer.weight.data
+        if method == "sparsegpt":
+            n, m = pattern or (0, 0)
+            return sparsegpt(w, stats["hessian"], 0.0 if pattern else sparsity, n, m, block_size=_block_for(w.shape[1], m))[0]
+        if method == "magnitude":
+            mask = n_m_mask(w.abs(), *pattern) if pattern else magnitude_mask(w, sparsity)
+        else:
+            mask = n_m_mask(wanda_scores(w, stats["norms"]), *pattern) if pattern else wanda_mask(w, stats["norms"], sparsity)
+        return w * mask
+
+    return compress_blocks(model, prune, batches if method != "magnitude" else None, f"{method} pruning", progress)
+
+
+def compress_blocks(model: nn.Module, new_weight, batches: list[torch.Tensor] | None = None, desc: str = "",
+                    progress: bool = False) -> nn.Module:
+    """A copy of a course DecoderLM with ``new_weight(name, layer, stats)`` as the weight of every linear layer of
+    every block, one block after another (the embeddings and the head are left alone).
+
+    With calibration ``batches``, ``stats`` is what :func:`calibrate` measured of that layer's
+    inputs in the copy as changed so far (the blocks before it already done); otherwise ``{}``.
+    Used by :func:`prune_model` and :func:`course_lib.gptq.quantize_model`.
+    """
+    changed = copy.deepcopy(model).eval()
+    for block in tqdm(decoder_blocks(changed), desc=desc, disable=not progress):
         layers = linear_layers(block)
-        stats = calibrate(pruned, layers, batches) if method != "magnitude" else {}
+        stats = calibrate(changed, layers, batches) if batches else {}
         for name, layer in layers.items():
-            w = layer.weight.data
-            if method == "sparsegpt":
-                n, m = pattern or (0, 0)
-                new_w, _ = sparsegpt(w, stats[name]["hessian"], 0.0 if pattern else sparsity, n, m,
-                                     block_size=_block_for(w.shape[1], m))
-                layer.weight.data = new_w
-                continue
-            if method == "magnitude":
-                mask = n_m_mask(w.abs(), *pattern) if pattern else magnitude_mask(w, sparsity)
-            else:
-                norms = stats[name]["norms"]
-                mask = n_m_mask(wanda_scores(w, norms), *pattern) if pattern else wanda_mask(w, norms, sparsity)
-            layer.weight.data = w * mask
-    return pruned
+            layer.weight.data = new_weight(name, layer, stats.get(name, {}))
+    return changed
 
 
 def _block_for(columns: int, m: int) -> int:
