@@ -68,6 +68,17 @@ class KVCache:
         self.keys[layer], self.values[layer] = k, v
         return k, v
 
+    def crop(self, length: int) -> None:
+        """Keep the first ``length`` positions of every layer, forget the rest (speculative decoding's rollback).
+
+        Defined in lesson 10.
+        """
+        if isinstance(length, bool) or not isinstance(length, int) or not 0 <= length <= len(self):
+            raise ValueError(f"length must be an int from 0 to {len(self)} (the positions cached), got {length!r}")
+        for layer, (k, v) in enumerate(zip(self.keys, self.values)):
+            if k is not None:
+                self.keys[layer], self.values[layer] = (k[:, :, :length], v[:, :, :length]) if length else (None, None)
+
     def __len__(self) -> int:
         """Number of positions held by layer 0 (all layers agree between forward passes)."""
         return 0 if self.keys[0] is None else self.keys[0].shape[2]
