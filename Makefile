@@ -98,11 +98,13 @@ learner-edition: $(STAMP)
 # The test files that hold `gpu` tests; they import nothing beyond torch, numpy, tqdm, pytest
 # (and triton, transformers where present).
 GPU_PYTHON ?= python3
-GPU_TESTS  := tests/test_device.py tests/test_kernels.py tests/test_benchmark.py tests/test_bench.py tests/test_memory.py tests/test_distributed.py
+GPU_TESTS  := tests/test_device.py tests/test_kernels.py tests/test_benchmark.py tests/test_bench.py tests/test_memory.py tests/test_distributed.py tests/test_int4.py
 gpu-check:
 	mkdir -p bench/results
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) -m pytest -p no:cacheprovider -p no:nbval -m gpu $(GPU_TESTS) -q | tee bench/results/gpu-tests.txt
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) bench/run_all.py --out bench/results/gpu-bench.md
+	# lesson 10 (needs triton there): int4 weights against bf16 at decoding's batch sizes; 2:4 sparse against dense
+	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) bench/int4_gpu.py --out bench/results/int4-gpu.md
 	# lesson 08 (needs peft and bitsandbytes there): full fine-tuning vs LoRA vs QLoRA, NF4 on the GPU
 	PYTHONPATH=$(CURDIR) $(GPU_PYTHON) bench/finetune_gpu.py --out bench/results/finetune-gpu.md
 

@@ -22,6 +22,12 @@ One module per idea; each function's docstring names the lesson that teaches it.
 - ``lora``        lesson 08: LoRA layers, injection, merging, several adapters on one base; adapters to and from peft
 - ``qlora``       lesson 08: a frozen NF4 base for LoRA, double quantization; bitsandbytes and peft on the CPU
 - ``prompt_tuning`` lesson 08: trainable virtual tokens in front of a frozen model
+- ``rlhf``        lesson 09: learning from preferences (reward models, RLHF) and from verifiable rewards
+- ``pruning``     lesson 10: weight statistics, magnitude, 2:4, Wanda and SparseGPT pruning, sparse storage
+- ``gptq``        lesson 10: round-to-nearest and GPTQ quantization, block by block
+- ``int4``        lesson 10: packed int4 weights, their bytes, and a Triton int4 matmul (optional)
+- ``distill``     lesson 10: knowledge distillation, a student trained on a teacher's probabilities
+- ``speculative`` lesson 10: speculative decoding, a draft model checked by the target
 - ``checks``      the checks that grade the exercises (``checks.guard``: what each exercise's answer may not call)
 - ``grading``     release, autograde and self-check with nbgrader; the learner edition; notebook timings
 - ``autograde``   lesson 00: grading a notebook without trusting it (test cells judged in the grader)
