@@ -135,7 +135,7 @@ def n_m_mask(scores: torch.Tensor, n: int = 2, m: int = 4) -> torch.Tensor:
         raise ValueError(f"n and m should be ints with 0 < n < m (2 and 4 for 2:4), got {n!r} and {m!r}")
     if scores.shape[1] % m:
         raise ValueError(f"the rows' length should be a multiple of m={m}, got shape {tuple(scores.shape)}")
-    groups = scores.detach().reshape(scores.shape[0], -1, m)
+    groups = scores.detach().reshape(scores.shape[0], scores.shape[1] // m, m)
     kept = torch.topk(groups, n, dim=-1).indices
     mask = torch.zeros_like(groups, dtype=torch.bool).scatter_(-1, kept, True)
     return mask.reshape(scores.shape)

@@ -16,16 +16,20 @@ import torch.nn.functional as F
 
 import course_lib
 import course_lib.attention
+import course_lib.distill
 import course_lib.distributed
 import course_lib.finetune
 import course_lib.flash
 import course_lib.formats
+import course_lib.gptq
 import course_lib.kvcache
 import course_lib.lora
 import course_lib.memory
 import course_lib.models
+import course_lib.pruning
 import course_lib.quant
 import course_lib.rlhf
+import course_lib.speculative
 import course_lib.tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import kvcache as kvcache_checks
@@ -152,6 +156,68 @@ def _dpo_with_bradley_terry(policy_chosen_logps, policy_rejected_logps, ref_chos
 
 def _gae_wrapping_the_reference(rewards, values, mask, gamma, lam):
     return course_lib.rlhf.gae(rewards, values, mask, gamma, lam)
+
+
+def _gptq_step_with_course_rounding(w, u, i, scale, zero, bits):
+    w = w.clone()
+    q = course_lib.gptq.round_to_grid(w[:, i:i + 1], scale, zero, bits)
+    error = (w[:, i:i + 1] - q) / u[i, i]
+    w[:, i + 1:] -= error * u[i:i + 1, i + 1:]
+    w[:, i:i + 1] = q
+    return w
+
+
+def _gptq_step_with_course_codes(w, u, i, scale, zero, bits):
+    w = w.clone()
+    q = scale * (course_lib.gptq.to_codes(w[:, i:i + 1], scale, zero, bits) - zero)
+    error = (w[:, i:i + 1] - q) / u[i, i]
+    w[:, i + 1:] -= error * u[i:i + 1, i + 1:]
+    w[:, i:i + 1] = q
+    return w
+
+
+def _distill_with_course_loss(student_logits, teacher_logits, labels, temperature=2.0, alpha=0.5):
+    """The course's loss wherever it gives the right dtype (it computes in float32); float64 by hand."""
+    if student_logits.dtype == torch.float32:
+        return course_lib.distill.distillation_loss(student_logits, teacher_logits, labels, temperature, alpha)
+    vocab = student_logits.shape[-1]
+    keep = labels.reshape(-1) != -100
+    student, teacher = student_logits.reshape(-1, vocab)[keep], teacher_logits.reshape(-1, vocab)[keep]
+    log_s, log_t = F.log_softmax(student / temperature, -1), F.log_softmax(teacher / temperature, -1)
+    soft = (log_t.exp() * (log_t - log_s)).sum(-1).mean()
+    return alpha * temperature ** 2 * soft + (1 - alpha) * F.cross_entropy(student, labels.reshape(-1)[keep])
+
+
+class _FixedDraw:
+    """Stands in for torch inside course_lib.speculative: its random number is u, its multinomial keeps the residual."""
+
+    def __init__(self, u, device):
+        self.u, self.device, self.residual = u, device, None
+
+    def __getattr__(self, name):
+        return getattr(torch, name)
+
+    def rand(self, *args, **kwargs):
+        return torch.tensor(self.u, dtype=torch.float64, device=self.device)
+
+    def multinomial(self, probs, num_samples, generator=None):
+        self.residual = probs
+        return torch.zeros(num_samples, dtype=torch.long, device=probs.device)
+
+
+def _accept_with_course_rule(p, q, token, u):
+    """course_lib.speculative's rule, with u handed in through a stand-in for torch and the residual read back."""
+    draw = _FixedDraw(u, p.device)
+    course_lib.speculative.torch = draw
+    try:
+        accepted, _ = course_lib.speculative.accept_or_resample(p, q, token)
+    finally:
+        course_lib.speculative.torch = torch
+    if accepted:
+        one_hot = torch.zeros_like(p)
+        one_hot[token] = 1
+        return True, one_hot
+    return False, draw.residual
 
 
 CHEATS = {
@@ -289,6 +355,22 @@ CHEATS = {
     },
     "test_group_advantages": {
         "wraps the reference": lambda rewards, eps=1e-4: course_lib.rlhf.group_advantages(rewards, eps),
+    },
+    "test_mask_2_4": {
+        "the course's n:m mask": lambda w: course_lib.pruning.n_m_mask(w.abs()),
+    },
+    "test_wanda_scores": {
+        "wraps the reference": lambda w, x: course_lib.pruning.wanda_scores(w, torch.linalg.vector_norm(x, dim=0)),
+    },
+    "test_gptq_column_step": {
+        "the course's round_to_grid": _gptq_step_with_course_rounding,
+        "the course's to_codes": _gptq_step_with_course_codes,
+    },
+    "test_distillation_loss": {
+        "wraps the reference": _distill_with_course_loss,
+    },
+    "test_accept_or_resample": {
+        "the course's rule with u handed in": _accept_with_course_rule,
     },
 }
 

@@ -5,9 +5,10 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import attention, distributed, finetune, flash, kvcache, memory, models, rlhf, tokenizer
+from course_lib import attention, distill, distributed, finetune, flash, kvcache, memory, models, pruning, rlhf, speculative, tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import basics as basics_checks
+from course_lib.checks import compression as compression_checks
 from course_lib.checks import distributed as distributed_checks
 from course_lib.checks import finetune as finetune_checks
 from course_lib.checks import flash as flash_checks
@@ -86,6 +87,11 @@ CHECKS = [
     (rlhf_checks.check_gae, "gae"),
     (rlhf_checks.check_dpo_loss, "dpo_loss"),
     (rlhf_checks.check_group_advantages, "group_advantages"),
+    (compression_checks.check_mask_2_4, "mask_2_4"),
+    (compression_checks.check_wanda_scores, "wanda_scores"),
+    (compression_checks.check_gptq_column_step, "gptq_column_step"),
+    (compression_checks.check_distillation_loss, "distillation_loss"),
+    (compression_checks.check_accept_or_resample, "accept_or_resample"),
 ]
 
 # Lessons 08 and 09's capstones train a model for each call (seconds, not milliseconds): tests/test_checks_finetune.py
@@ -132,6 +138,10 @@ def test_check_accepts_the_solution(check, names):
         (rlhf_checks.check_gae, rlhf.gae),
         (rlhf_checks.check_dpo_loss, rlhf.dpo_loss),
         (rlhf_checks.check_group_advantages, rlhf.group_advantages),
+        (compression_checks.check_mask_2_4, pruning.n_m_mask),
+        (compression_checks.check_wanda_scores, pruning.wanda_scores),
+        (compression_checks.check_distillation_loss, distill.distillation_loss),
+        (compression_checks.check_accept_or_resample, speculative.accept_or_resample),
     ],
 )
 def test_check_refuses_the_course_reference_itself(check, reference):

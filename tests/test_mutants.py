@@ -14,6 +14,7 @@ import pytest
 
 from tests.mutants import attention as attention_mutants
 from tests.mutants import basics as basics_mutants
+from tests.mutants import compression as compression_mutants
 from tests.mutants import distributed as distributed_mutants
 from tests.mutants import finetune as finetune_mutants
 from tests.mutants import flash as flash_mutants
@@ -25,7 +26,7 @@ from tests.mutants import rlhf as rlhf_mutants
 from tests import answers
 
 MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants, memory_mutants, formats_mutants, flash_mutants, kvcache_mutants,
-                 distributed_mutants, finetune_mutants, rlhf_mutants]
+                 distributed_mutants, finetune_mutants, rlhf_mutants, compression_mutants]
 MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}
 
 

@@ -9,4 +9,9 @@
 - ``quant``      lesson 04 (absmax int8, per-block int4)
 - ``flash``      lesson 05 (online softmax update, one tile step, causal tile skipping)
 - ``kvcache``    lesson 06 (repeat K/V heads, KV-cache bytes from a config, a cached decode step)
+- ``distributed`` lesson 07
+- ``finetune``   lesson 08
+- ``rlhf``       lesson 09
+- ``compression`` lesson 10 (2:4 mask, Wanda score, one GPTQ column step, distillation loss,
+  the speculative accept-or-resample rule, a quantized model)
 """
