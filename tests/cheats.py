@@ -372,6 +372,11 @@ CHEATS = {
     "test_accept_or_resample": {
         "the course's rule with u handed in": _accept_with_course_rule,
     },
+    "test_quantize_layer": {
+        "wraps the course's GPTQ": lambda w, hessian, bits: course_lib.gptq.gptq(w, hessian, bits),
+        "the course's GPTQ codes, dequantized": lambda w, hessian, bits: course_lib.gptq.dequantize(
+            *course_lib.gptq.gptq_codes(w, hessian, bits)),
+    },
 }
 
 # The answers above are right in value: prove it for the few whose exercise has no other check on it.

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from course_lib import attention, distill, distributed, finetune, flash, kvcache, memory, models, pruning, rlhf, speculative, tokenizer
+from course_lib import attention, distill, distributed, finetune, flash, gptq, kvcache, memory, models, pruning, rlhf, speculative, tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import basics as basics_checks
 from course_lib.checks import compression as compression_checks
@@ -92,12 +92,15 @@ CHECKS = [
     (compression_checks.check_gptq_column_step, "gptq_column_step"),
     (compression_checks.check_distillation_loss, "distillation_loss"),
     (compression_checks.check_accept_or_resample, "accept_or_resample"),
+    (compression_checks.check_quantize_layer, "quantize_layer"),
 ]
 
-# Lessons 08 and 09's capstones train a model for each call (seconds, not milliseconds): tests/test_checks_finetune.py
-# and tests/test_checks_rlhf.py run each once with the solution, instead of five times here.
+# Lessons 08 and 09's capstones train a model for each call, lesson 10's quantizes one (seconds, not milliseconds):
+# tests/test_checks_finetune.py, tests/test_checks_rlhf.py and tests/test_checks_compression.py run each once with the
+# solution, instead of five times here.
 TRAINING_CHECKS = [finetune_checks.check_reverse_adapter, finetune_checks.check_reverse_adapter_on_new_lists,
-                   rlhf_checks.check_aligned_policy, rlhf_checks.check_aligned_policy_keeps_skills]
+                   rlhf_checks.check_aligned_policy, rlhf_checks.check_aligned_policy_keeps_skills,
+                   compression_checks.check_quantized_model]
 
 
 def test_every_check_of_every_test_cell_is_listed():
@@ -142,6 +145,7 @@ def test_check_accepts_the_solution(check, names):
         (compression_checks.check_wanda_scores, pruning.wanda_scores),
         (compression_checks.check_distillation_loss, distill.distillation_loss),
         (compression_checks.check_accept_or_resample, speculative.accept_or_resample),
+        (compression_checks.check_quantize_layer, gptq.gptq),
     ],
 )
 def test_check_refuses_the_course_reference_itself(check, reference):

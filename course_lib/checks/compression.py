@@ -773,3 +773,156 @@ def check_accept_or_resample(accept_or_resample, seed: int | None = None, n_case
         return accept_or_resample(*args)[1]
 
     expect_same_device(distribution_only, p, q, token, u, what="accept_or_resample on the meta device (standing in for a GPU)")
+
+
+# --------------------------------------------------------------------------- the capstone: a 3-bit course-lm
+
+QUANTIZE_LAYER = Rules(
+    "quantize_layer",
+    references=("course_lib.gptq:gptq", "course_lib.gptq:gptq_codes", "course_lib.gptq:quantize_model",
+                "course_lib.pruning:sparsegpt"),
+    modules=("course_lib.gptq", "course_lib.int4", "gptqmodel", "auto_gptq", "llmcompressor", "optimum"),
+    why="The capstone is to quantize each layer with your own code (your gptq_column_step, for example).",
+)
+MODEL_BITS = 3
+PERPLEXITY_BOUND = 2.318  # dense course-lm 2.287; round-to-nearest at 3 bits 2.327; GPTQ at 3 bits 2.298 to 2.310 (11 seeds)
+CALIBRATION = (4, 8, 128)  # batches of (8, 128) windows of the training text
+
+
+def _levels_per_row(w: torch.Tensor) -> torch.Tensor:
+    """How many distinct values each row of ``w`` (out, in) holds, (out,) int64."""
+    ordered = w.sort(dim=1).values
+    return 1 + (ordered[:, 1:] != ordered[:, :-1]).sum(1)
+
+
+def _expect_quantized(got, w: torch.Tensor, bits: int, what: str) -> None:
+    """``got`` must be a finite float32 tensor of ``w``'s shape with at most ``2^bits`` distinct values in each row."""
+    if type(got) is not torch.Tensor or got.shape != w.shape or got.dtype != torch.float32:
+        described = f"{type(got).__name__} {tuple(got.shape)} {got.dtype}" if isinstance(got, torch.Tensor) else type(got).__name__
+        raise AssertionError(f"{what} should return a float32 tensor of shape {tuple(w.shape)} (the weights, rounded), "
+                             f"got {described}")
+    if not torch.isfinite(got).all():
+        raise AssertionError(f"{what} returned weights that are not all finite")
+    levels = _levels_per_row(got.detach())
+    if int(levels.max()) > 2 ** bits:
+        row = int(levels.argmax())
+        raise AssertionError(f"{what}: row {row} holds {int(levels[row])} distinct values; {bits} bits allow at most "
+                             f"{2 ** bits}. Round every weight of a row to that row's grid (and return the rounded "
+                             "values, not the codes).")
+
+
+def _output_error(w: torch.Tensor, new_w: torch.Tensor, x: torch.Tensor) -> float:
+    """``||x w^T - x new_w^T||^2`` summed over every token and output, float64."""
+    return float((x @ (w.double() - new_w.double()).T).pow(2).sum())
+
+
+def _correlated_layer(gen, out: int, n: int, tokens: int):
+    """A random layer (out, n) float32 and ``tokens`` inputs (tokens, n) float64 whose features are correlated."""
+    mixing = torch.eye(n, dtype=torch.float64) + torch.randn(n, n, generator=gen, dtype=torch.float64)
+    scales = torch.rand(n, generator=gen, dtype=torch.float64) * 2 + 0.1
+    x = torch.randn(tokens, n, generator=gen, dtype=torch.float64) @ mixing * scales
+    return torch.randn(out, n, generator=gen) * 0.1, x
+
+
+def _rtn64(w: torch.Tensor, bits: int) -> torch.Tensor:
+    """Round to nearest on each row's grid (course_lib.gptq.rtn's rule, written here), float64."""
+    w = w.double()
+    scale, zero = _grid64(w, bits)
+    return scale * (torch.clamp(torch.round(w / scale) + zero, 0, 2 ** bits - 1) - zero)
+
+
+def check_quantize_layer(quantize_layer, seed: int | None = None, n_cases: int = 6, ratio: float = 0.75) -> None:
+    """``quantize_layer(w, hessian, bits)``: ``w`` (out, in) rounded to at most ``2^bits`` values per row, chosen with the Hessian.
+
+    Random layers whose inputs are correlated (so that spreading each rounding error helps), 3 and 4
+    bits: the result must be a finite float32 tensor of ``w``'s shape with at most ``2^bits``
+    distinct values in each row, and its output error ``||X w^T - X q^T||^2`` on the calibration
+    inputs at most ``ratio`` times round-to-nearest's (GPTQ gets about 0.4). Also: an input that is
+    always zero (a zero row and column of the Hessian), a layer of zeros, ``w`` and ``hessian`` left
+    as they were, and ``ValueError`` for a ``w`` that is not 2-D, a ``hessian`` that is not
+    (in, in) and ``bits`` outside 2 to 8.
+    """
+    quantize_layer = watched(quantize_layer, QUANTIZE_LAYER)
+    gen, seed = new_generator(seed)
+    for case in range(n_cases):
+        bits = 3 + case % 2
+        out, n = randint(gen, 32, 64), 8 * randint(gen, 8, 12)
+        w, x = _correlated_layer(gen, out, n, 4 * n)
+        hessian = 2 * x.T @ x / x.shape[0]
+        what = f"quantize_layer(w, hessian, bits={bits}) for a {out} x {n} layer with correlated inputs (seed {seed})"
+        got = call_explained(quantize_layer, w, hessian, bits, what=what)
+        _expect_quantized(got, w, bits, what)
+        mine, nearest = _output_error(w, got, x), _output_error(w, _rtn64(w, bits), x)
+        if not mine <= ratio * nearest:
+            raise AssertionError(
+                f"{what}: the layer's output error ||X w^T - X q^T||^2 on the calibration inputs is {mine / nearest:.2f} times "
+                f"round-to-nearest's; at most {ratio} is needed (GPTQ gets about 0.4). Round the columns one at a time and "
+                "spread each column's rounding error over the columns not yet rounded (your gptq_column_step), with the "
+                "upper Cholesky factor of the damped inverse Hessian.")
+    n = 32
+    w, x = _correlated_layer(gen, 16, n, 4 * n)
+    x[:, 5] = 0  # an input that is always zero: the Hessian is singular without damping of its own
+    hessian = 2 * x.T @ x / x.shape[0]
+    what = f"quantize_layer(w, hessian, bits=4) with an input that is always zero (a zero row and column of the Hessian; seed {seed})"
+    got = call_explained(quantize_layer, w, hessian, 4, what=what,
+                         hint="; give a zero on the Hessian's diagonal a 1 before damping it, as the lesson does")
+    _expect_quantized(got, w, 4, what)
+    zeros = torch.zeros(6, n)
+    what = f"quantize_layer(w, hessian, bits=3) for a layer of zeros (seed {seed})"
+    got = call_explained(quantize_layer, zeros, hessian, 3, what=what)
+    _expect_quantized(got, zeros, 3, what)
+    if got.abs().max() != 0:
+        raise AssertionError(f"{what} should stay all zeros (zero is on every row's grid), got up to {float(got.abs().max()):.3g}")
+    for args, label, why in (((w[0], hessian, 4), "a 1-D w", "w should be (out, in)"),
+                             ((w, hessian[:-1, :-1], 4), f"a hessian of ({n - 1}, {n - 1}) for w (16, {n})",
+                              "hessian should be (in, in)"),
+                             ((w, hessian, 1), "bits=1", "bits should be from 2 to 8"),
+                             ((w, hessian, 9), "bits=9", "bits should be from 2 to 8")):
+        _expect_value_error(quantize_layer, args, f"quantize_layer(w, hessian, bits) for {label} (seed {seed})", why)
+
+
+def check_quantized_model(quantize_layer, seed: int | None = 0, bits: int = MODEL_BITS, bound: float = PERPLEXITY_BOUND) -> float:
+    """Quantize every linear layer of every block of ``course-lm`` with ``quantize_layer`` and measure it.
+
+    Blocks are done one after another; each layer gets its weight (out, in) float32 and the Hessian
+    ``2 X^T X / tokens`` (in, in) float64 of its inputs, measured on 4 batches of 8 random windows
+    of 128 tokens of the training text (drawn with ``seed``) with the blocks before it already
+    quantized. Every returned weight must hold at most ``2^bits`` distinct values per row; the
+    quantized model's perplexity on every held-out text must be at most ``bound`` (dense course-lm:
+    2.287; round-to-nearest at 3 bits: 2.327). Returns that perplexity.
+    """
+    from course_lib.evaluation import perplexity
+    from course_lib.models import load_pretrained
+    from course_lib.pretrain import training_data
+    from course_lib.pruning import compress_blocks, decoder_blocks, linear_layers
+    from course_lib.train import random_windows
+
+    quantize_layer = watched(quantize_layer, QUANTIZE_LAYER)
+    _, seed = new_generator(seed)
+    corpus, tokenizer, stream, _ = training_data(8, 128)
+    gen = torch.Generator().manual_seed(seed)
+    n_batches, batch, length = CALIBRATION
+    batches = [random_windows(stream, batch, length, gen) for _ in range(n_batches)]
+
+    model = load_pretrained("course-lm")
+    per_block = len(linear_layers(decoder_blocks(model)[0]))
+    done = []
+
+    def new_weight(name: str, layer: torch.nn.Linear, stats: dict) -> torch.Tensor:
+        where = f"blocks.{len(done) // per_block}.{name}"
+        done.append(where)
+        what = f"quantize_layer(w, hessian, bits={bits}) for {where} ({layer.out_features} x {layer.in_features}) of course-lm"
+        w = layer.weight.data.clone()
+        got = call_explained(quantize_layer, w, stats["hessian"].clone(), bits, what=what)
+        _expect_quantized(got, w, bits, what)
+        return got.detach().clone()
+
+    with torch.no_grad():
+        model = compress_blocks(model, new_weight, batches)
+    score = perplexity(model, tokenizer, corpus.heldout_texts)
+    if not score <= bound:
+        raise AssertionError(
+            f"course-lm with every block's layers quantized to {bits} bits by quantize_layer (calibration seed {seed}) has a "
+            f"held-out perplexity of {score:.4f}; at most {bound} is needed (dense: 2.287; round-to-nearest: 2.327). "
+            "Round to nearest is not enough at 3 bits: spread each column's rounding error over the columns not yet rounded.")
+    return score

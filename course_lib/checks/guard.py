@@ -379,7 +379,10 @@ def watch(rules: Rules):
     """Watch the code run inside the ``with`` block; yields a :class:`_Seen` that is true if a rule was broken."""
     seen = _Seen(_index(rules))
     before = sys.getprofile()
-    with _FunctionWatch(seen), _DispatchWatch(seen):
+    index = seen.index  # a mode that has nothing to look for is left out: it would only slow every operator down
+    functions = _FunctionWatch(seen) if index.functions else contextlib.nullcontext()
+    dispatch = _DispatchWatch(seen) if index.ops or index.op_prefixes or index.dtypes else contextlib.nullcontext()
+    with functions, dispatch:
         sys.setprofile(_profiler(seen))
         try:
             yield seen

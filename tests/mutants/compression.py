@@ -1,4 +1,4 @@
-"""Wrong answers to lesson 10's exercises: mask_2_4, wanda_scores, gptq_column_step, distillation_loss, accept_or_resample."""
+"""Wrong answers to lesson 10's exercises: mask_2_4, wanda_scores, gptq_column_step, distillation_loss, accept_or_resample, quantize_layer (the capstone)."""
 
 import torch
 import torch.nn.functional as F
@@ -375,6 +375,94 @@ def accept_float32_one_hot(p, q, token, u):
     return False, _residual(p, q)
 
 
+
+# --------------------------------------------------------------------------- quantize_layer (the capstone)
+
+
+def _quantize(w, hessian, bits, *, levels=None, sign=-1.0, damp=0.01, of_inverse=True, spread=True, codes=False, fix_dead=True,
+              check=True):
+    """GPTQ on one layer, with one thing changed by the arguments; the solution with the defaults."""
+    if check:
+        if w.dim() != 2 or tuple(hessian.shape) != (w.shape[1], w.shape[1]) or not (isinstance(bits, int) and 2 <= bits <= 8):
+            raise ValueError("w should be (out, in), hessian (in, in), bits from 2 to 8")
+    w = w.detach().float().clone()
+    h = hessian.detach().double().clone()
+    dead = torch.diag(h) == 0
+    if fix_dead:
+        h[dead, dead] = 1.0
+        w[:, dead] = 0
+    h += damp * torch.diag(h).mean() * torch.eye(h.shape[0], dtype=h.dtype)
+    inverse = torch.cholesky_inverse(torch.linalg.cholesky(h)) if of_inverse else h
+    u = torch.linalg.cholesky(inverse, upper=True).float()
+    top = (levels or 2 ** bits) - 1
+    low, high = w.amin(1, keepdim=True).clamp(max=0), w.amax(1, keepdim=True).clamp(min=0)
+    scale = (high - low) / top
+    scale = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = torch.round(-low / scale)
+    out = torch.empty_like(w)
+    for i in range(w.shape[1]):
+        c = torch.clamp(torch.round(w[:, i:i + 1] / scale) + zero, 0, top)
+        q = scale * (c - zero)
+        if spread:
+            w[:, i + 1:] += sign * (w[:, i:i + 1] - q) / u[i, i] * u[i:i + 1, i + 1:]
+        out[:, i:i + 1] = c if codes else q
+    return out
+
+
+def quantize_round_to_nearest(w, hessian, bits):
+    """Round to nearest on the row's grid: the Hessian is not used, no error is spread."""
+    return _quantize(w, hessian, bits, spread=False)
+
+
+def quantize_wrong_sign(w, hessian, bits):
+    """Spreads each rounding error with the wrong sign: the later columns drift the wrong way."""
+    return _quantize(w, hessian, bits, sign=1.0)
+
+
+def quantize_factor_of_hessian(w, hessian, bits):
+    """Spreads the error with the Cholesky factor of H instead of H^-1."""
+    return _quantize(w, hessian, bits, of_inverse=False)
+
+
+def quantize_twice_the_levels(w, hessian, bits):
+    """A grid of 2^(bits+1) levels: one bit more than allowed."""
+    return _quantize(w, hessian, bits, levels=2 ** (bits + 1))
+
+
+def quantize_returns_codes(w, hessian, bits):
+    """Returns the integer codes instead of the rounded weights."""
+    return _quantize(w, hessian, bits, codes=True)
+
+
+def quantize_returns_weights(w, hessian, bits):
+    """Returns the weights unrounded."""
+    if w.dim() != 2 or tuple(hessian.shape) != (w.shape[1], w.shape[1]) or not (isinstance(bits, int) and 2 <= bits <= 8):
+        raise ValueError("w should be (out, in), hessian (in, in), bits from 2 to 8")
+    return w.detach().float().clone()
+
+
+def quantize_no_damping(w, hessian, bits):
+    """No damping and no care for dead inputs: a singular Hessian breaks the Cholesky factorization."""
+    return _quantize(w, hessian, bits, damp=0.0, fix_dead=False)
+
+
+def quantize_in_float64(w, hessian, bits):
+    """Right values, returned in float64."""
+    return _quantize(w, hessian, bits).double()
+
+
+def quantize_without_value_error(w, hessian, bits):
+    """Right results, but bits=9 is quantized and a wrong hessian fails inside torch with a RuntimeError."""
+    return _quantize(w, hessian, bits, check=False)
+
+
+def quantize_in_place(w, hessian, bits):
+    """Right results, but the learner's weights are overwritten with them."""
+    q = _quantize(w, hessian, bits)
+    w.copy_(q) if w.dtype == q.dtype else None
+    return q
+
+
 MUTANTS = {
     "test_mask_2_4": {
         f.__name__: f
@@ -402,5 +490,11 @@ MUTANTS = {
         f.__name__: f
         for f in (accept_inverted_ratio, accept_residual_q_minus_p, accept_residual_not_normalised, accept_resample_from_p,
                   accept_ignores_u, accept_tensor_bool, accept_less_or_equal, accept_residual_argmax, accept_float32_one_hot)
+    },
+    "test_quantize_layer": {
+        f.__name__: f
+        for f in (quantize_round_to_nearest, quantize_wrong_sign, quantize_factor_of_hessian, quantize_twice_the_levels,
+                  quantize_returns_codes, quantize_returns_weights, quantize_no_damping, quantize_in_float64,
+                  quantize_without_value_error, quantize_in_place)
     },
 }
