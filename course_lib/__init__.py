@@ -28,6 +28,7 @@ One module per idea; each function's docstring names the lesson that teaches it.
 - ``int4``        lesson 10: packed int4 weights, their bytes, and a Triton int4 matmul (optional)
 - ``distill``     lesson 10: knowledge distillation, a student trained on a teacher's probabilities
 - ``speculative`` lesson 10: speculative decoding, a draft model checked by the target
+- ``retrieval``   lesson 11: BM25 (and SQLite FTS5), dense retrieval with faiss, fusion, recall@k and MRR
 - ``checks``      the checks that grade the exercises (``checks.guard``: what each exercise's answer may not call)
 - ``grading``     release, autograde and self-check with nbgrader; the learner edition; notebook timings
 - ``autograde``   lesson 00: grading a notebook without trusting it (test cells judged in the grader)
