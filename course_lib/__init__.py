@@ -29,6 +29,7 @@ One module per idea; each function's docstring names the lesson that teaches it.
 - ``distill``     lesson 10: knowledge distillation, a student trained on a teacher's probabilities
 - ``speculative`` lesson 10: speculative decoding, a draft model checked by the target
 - ``retrieval``   lesson 11: BM25 (and SQLite FTS5), dense retrieval with faiss, fusion, recall@k and MRR
+- ``rag``         lesson 11: passages, chunks, prompts within a token budget, the reader model, facts newer than the model
 - ``checks``      the checks that grade the exercises (``checks.guard``: what each exercise's answer may not call)
 - ``grading``     release, autograde and self-check with nbgrader; the learner edition; notebook timings
 - ``autograde``   lesson 00: grading a notebook without trusting it (test cells judged in the grader)
