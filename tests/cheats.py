@@ -28,6 +28,8 @@ import course_lib.memory
 import course_lib.models
 import course_lib.pruning
 import course_lib.quant
+import course_lib.rag
+import course_lib.retrieval
 import course_lib.rlhf
 import course_lib.speculative
 import course_lib.tokenizer
@@ -220,6 +222,90 @@ def _accept_with_course_rule(p, q, token, u):
     return False, draw.residual
 
 
+def _bm25_with_course_class(query_tokens, doc_tokens, corpus, k1=1.5, b=0.75):
+    """course_lib.retrieval.BM25 with its idf table replaced by Lucene's "plus one" idf."""
+    if len(corpus) == 0:
+        raise ValueError("corpus must not be empty")
+    if sum(len(d) for d in corpus) == 0 or not query_tokens:
+        return 0.0
+    bm25 = course_lib.retrieval.BM25([list(d) for d in corpus], k1=k1, b=b)
+    n = len(corpus)
+    bm25.idf = {t: math.log((n - len(ids) + 0.5) / (len(ids) + 0.5) + 1) for t, (ids, _) in bm25.postings.items()}
+    return float(bm25.score(list(query_tokens), [list(d) for d in corpus].index(list(doc_tokens))))
+
+
+def _bm25_with_rank_bm25(query_tokens, doc_tokens, corpus, k1=1.5, b=0.75):
+    """rank_bm25's BM25Okapi with its idf table replaced by Lucene's."""
+    from rank_bm25 import BM25Okapi
+
+    if len(corpus) == 0:
+        raise ValueError("corpus must not be empty")
+    if sum(len(d) for d in corpus) == 0 or not query_tokens:
+        return 0.0
+    bm25 = BM25Okapi([list(d) for d in corpus], k1=k1, b=b)
+    n = len(corpus)
+    vocabulary = {t for d in corpus for t in d}
+    bm25.idf = {t: math.log((n - sum(t in d for d in corpus) + 0.5) / (sum(t in d for d in corpus) + 0.5) + 1)
+                for t in vocabulary}
+    i = [list(d) for d in corpus].index(list(doc_tokens))
+    present = [t for t in query_tokens if t in doc_tokens]  # rank_bm25 divides 0 by 0 for absent tokens when k1 = 0
+    return float(bm25.get_batch_scores(present, [i])[0]) if present else 0.0
+
+
+def _cosine_with_f_cosine_similarity(query, docs, k):
+    """F.cosine_similarity (its eps makes a zero vector's cosine 0), sorted stably."""
+    if query.dim() != 1 or docs.dim() != 2 or docs.shape[1] != query.shape[0] or not 1 <= k <= docs.shape[0]:
+        raise ValueError("need query (d,), docs (n, d) and 1 <= k <= n")
+    cos = F.cosine_similarity(docs.double(), query.double()[None, :], dim=1)
+    order = torch.sort(cos, descending=True, stable=True).indices[:k]
+    return cos[order].to(docs.dtype), order
+
+
+def _cosine_with_faiss(query, docs, k):
+    """A faiss flat index searched, then the scores recomputed in float64 for the ranking."""
+    if query.dim() != 1 or docs.dim() != 2 or docs.shape[1] != query.shape[0] or not 1 <= k <= docs.shape[0]:
+        raise ValueError("need query (d,), docs (n, d) and 1 <= k <= n")
+    d, q = docs.double(), query.double()
+    if d.device.type == "cpu":  # faiss reads CPU memory only
+        index = course_lib.retrieval.flat_index(F.normalize(d, dim=1).float())
+        course_lib.retrieval.search(index, F.normalize(q, dim=0).float()[None], k)
+    cos = torch.nan_to_num((d @ q) / (d.norm(dim=1) * q.norm()), nan=0.0)
+    order = torch.sort(cos, descending=True, stable=True).indices[:k]
+    return cos[order].to(docs.dtype), order
+
+
+def _chunk_with_course(words, size, overlap):
+    """course_lib.rag.chunk_words on the words joined by spaces."""
+    pieces = course_lib.rag.chunk_words(" ".join(words), size, overlap)
+    return [piece.split(" ") for piece in pieces] if words else []
+
+
+def _fit_format(kept, question):
+    return "Context:\n" + "\n".join(kept) + "\nQuestion: " + question + "\nAnswer:"
+
+
+class _ExerciseFormatTokenizer:
+    """A stand-in tokenizer for course_lib.rag.fit_passages: it counts the exercise's format of the same prompt."""
+
+    def __init__(self, passages, count_tokens, question):
+        self.passages, self.count_tokens, self.question = passages, count_tokens, question
+
+    def encode(self, chat_text):
+        j = 0
+        while j < len(self.passages) and self.passages[j] in chat_text:
+            j += 1
+        return [0] * self.count_tokens(_fit_format(self.passages[:j], self.question))
+
+
+def _fit_with_course(passages, question, count_tokens, max_tokens):
+    """course_lib.rag.fit_passages, handed a tokenizer that counts the exercise's prompt."""
+    if count_tokens(_fit_format([], question)) > max_tokens:
+        raise ValueError("the question alone does not fit")
+    kept = course_lib.rag.fit_passages(_ExerciseFormatTokenizer(list(passages), count_tokens, question), list(passages),
+                                       question, max_tokens)
+    return _fit_format(kept, question)
+
+
 CHEATS = {
     "test_tensor_bytes": {
         "wraps the reference": lambda t: course_lib.memory.tensor_bytes(t),
@@ -376,6 +462,26 @@ CHEATS = {
         "wraps the course's GPTQ": lambda w, hessian, bits: course_lib.gptq.gptq(w, hessian, bits),
         "the course's GPTQ codes, dequantized": lambda w, hessian, bits: course_lib.gptq.dequantize(
             *course_lib.gptq.gptq_codes(w, hessian, bits)),
+    },
+    "test_bm25_score": {
+        "course_lib.retrieval.BM25 with Lucene's idf": _bm25_with_course_class,
+        "rank_bm25 with Lucene's idf": _bm25_with_rank_bm25,
+    },
+    "test_cosine_top_k": {
+        "F.cosine_similarity": _cosine_with_f_cosine_similarity,
+        "a faiss flat index": _cosine_with_faiss,
+    },
+    "test_recall_and_mrr": {
+        "course_lib.retrieval": {
+            "recall_at_k": lambda ranked, gold, k: course_lib.retrieval.recall_at_k([list(r) for r in ranked], list(gold), k),
+            "mrr": lambda ranked, gold: course_lib.retrieval.mrr([list(r) for r in ranked], list(gold)),
+        },
+    },
+    "test_chunk_words": {
+        "course_lib.rag.chunk_words": _chunk_with_course,
+    },
+    "test_fit_prompt": {
+        "course_lib.rag.fit_passages": _fit_with_course,
     },
 }
 

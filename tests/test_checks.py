@@ -16,6 +16,7 @@ from course_lib.checks import formats as formats_checks
 from course_lib.checks import kvcache as kvcache_checks
 from course_lib.checks import memory as memory_checks
 from course_lib.checks import quant as quant_checks
+from course_lib.checks import rag as rag_checks
 from course_lib.checks import models as models_checks
 from course_lib.checks import rlhf as rlhf_checks
 from course_lib.checks import tokenizer as tokenizer_checks
@@ -93,14 +94,19 @@ CHECKS = [
     (compression_checks.check_distillation_loss, "distillation_loss"),
     (compression_checks.check_accept_or_resample, "accept_or_resample"),
     (compression_checks.check_quantize_layer, "quantize_layer"),
+    (rag_checks.check_chunk_words, "chunk_words"),
+    (rag_checks.check_bm25_score, "bm25_score"),
+    (rag_checks.check_cosine_top_k, "cosine_top_k"),
+    (rag_checks.check_recall_and_mrr, ("recall_at_k", "mrr")),
+    (rag_checks.check_fit_prompt, "fit_prompt"),
 ]
 
-# Lessons 08 and 09's capstones train a model for each call, lesson 10's quantizes one (seconds, not milliseconds):
-# tests/test_checks_finetune.py, tests/test_checks_rlhf.py and tests/test_checks_compression.py run each once with the
-# solution, instead of five times here.
+# Lessons 08 and 09's capstones train a model for each call, lesson 10's quantizes one, lesson 11's embeds hundreds of
+# sentences (seconds, not milliseconds): tests/test_checks_finetune.py, tests/test_checks_rlhf.py,
+# tests/test_checks_compression.py and tests/test_checks_rag.py run each once with the solution, instead of five times here.
 TRAINING_CHECKS = [finetune_checks.check_reverse_adapter, finetune_checks.check_reverse_adapter_on_new_lists,
                    rlhf_checks.check_aligned_policy, rlhf_checks.check_aligned_policy_keeps_skills,
-                   compression_checks.check_quantized_model]
+                   compression_checks.check_quantized_model, rag_checks.check_retrieve]
 
 
 def test_every_check_of_every_test_cell_is_listed():

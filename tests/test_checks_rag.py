@@ -226,7 +226,7 @@ def test_the_course_reference_is_refused(check, answers, message):
 
 
 def test_the_lessons_own_rag_helpers_are_refused():
-    """Anything of course_lib.rag (the lesson's chunking and prompt code, being written) is refused in the answers."""
+    """Anything of course_lib.rag (the lesson's chunking and prompt code) is refused in the answers."""
     from course_lib import rag
 
     def via_rag(words, size, overlap):

@@ -22,11 +22,12 @@ from tests.mutants import formats as formats_mutants
 from tests.mutants import kvcache as kvcache_mutants
 from tests.mutants import memory as memory_mutants
 from tests.mutants import models as models_mutants
+from tests.mutants import rag as rag_mutants
 from tests.mutants import rlhf as rlhf_mutants
 from tests import answers
 
 MUTANT_MODULES = [basics_mutants, attention_mutants, models_mutants, memory_mutants, formats_mutants, flash_mutants, kvcache_mutants,
-                 distributed_mutants, finetune_mutants, rlhf_mutants, compression_mutants]
+                 distributed_mutants, finetune_mutants, rlhf_mutants, compression_mutants, rag_mutants]
 MUTANTS = {grade_id: m for module in MUTANT_MODULES for grade_id, m in module.MUTANTS.items()}
 
 
@@ -51,10 +52,10 @@ def test_solution_passes_its_test_cell(lesson, grade_id, name, answer, test):
     exec(compile(test, f"{lesson}:{grade_id}", "exec"), ns)
 
 
-# The capstones of lessons 08 to 10 train or quantize a model on each run; their mutants fail by construction (a
-# malformed adapter, too many levels) or far from the threshold (an untrained adapter, round-to-nearest), whatever is
-# drawn: one run each.
-ONE_DRAW = {"test_train_reverse_adapter", "test_align_policy", "test_quantize_layer"}
+# The capstones of lessons 08 to 11 train, quantize or embed on each run; their mutants fail by construction (a
+# malformed adapter, too many levels, rankings of the wrong form) or far from the threshold (an untrained adapter,
+# round-to-nearest, BM25 alone), whatever is drawn: one run each.
+ONE_DRAW = {"test_train_reverse_adapter", "test_align_policy", "test_quantize_layer", "test_retrieve"}
 
 MUTANT_CASES = [
     (grade_id, name, mutant_name, mutant, test)

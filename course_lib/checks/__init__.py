@@ -15,5 +15,5 @@
 - ``compression`` lesson 10 (2:4 mask, Wanda score, one GPTQ column step, distillation loss,
   the speculative accept-or-resample rule, a quantized model)
 - ``rag``        lesson 11 (a BM25 score, cosine top-k, recall@k and MRR, word chunks with overlap,
-  a prompt within a token budget)
+  a prompt within a token budget; the capstone: a retriever that finds the answering sentence)
 """

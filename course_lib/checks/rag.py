@@ -780,3 +780,125 @@ def check_fit_prompt(fit_prompt, seed: int | None = None, n_cases: int = 12) -> 
         _expect_value_error(fit_prompt, (long_first, q, count, too_small),
                             f"fit_prompt(passages, question, {count!r}, max_tokens={too_small}) (seed {seed})",
                             "even the prompt with no passage is longer than max_tokens")
+
+
+# --------------------------------------------------------------------------- the capstone: a retriever that finds the sentence
+
+RETRIEVE = Rules(
+    "retrieve",
+    why="The capstone is to choose and combine retrievers yourself; any of course_lib.retrieval's tools may help.",
+)
+RECALL_AT_1_BOUND = 0.90   # on the notebook's sentences: BM25 0.51, fusion of BM25 and dense 0.76, dense 0.96
+RECALL_AT_3_BOUND = 0.97   # BM25 0.83, fusion 0.99, dense 1.00
+
+RETRIEVE_EXERCISE = """\
+retrieve(questions: list[str], chunks: list[str], k: int) -> list[list[int]]
+
+For each question, the ids (positions in chunks) of the k chunks most likely to answer it, best
+first, each id at most once. chunks are single sentences about invented people, one fact each
+("Braithor Gagoufoum's home is in Kestora."), in a random order; questions are the world's
+question forms ("Where does Braithor Gagoufoum live?").
+
+Graded on knowledge bases you have not seen: people of freshly invented worlds, about 200
+sentences and 200 questions each. The sentence that answers a question must be first for at
+least 90 % of the questions (recall@1 >= 0.90) and among the first 3 for at least 97 %.
+Returns one list of k distinct ints per question (a (q, k) int64 tensor is accepted too);
+[] for no questions. Raises ValueError when k < 1 or k > len(chunks). Leaves its arguments as
+they were. Any tool of course_lib.retrieval may be used.
+"""
+
+
+def _fresh_knowledge_base(gen, n_people: int = 40) -> tuple[list[str], list[str], list[int]]:
+    """Sentences about ``n_people`` people of a freshly invented world, shuffled; a question per sentence.
+
+    Returns ``(chunks, questions, gold)``: ``gold[i]`` is the position in ``chunks`` of the
+    sentence that answers ``questions[i]``.
+    """
+    from course_lib.data import QUESTIONS, TEMPLATES, fact_sentence, make_world
+
+    world = make_world(1000 + randint(gen, 0, 10**6))
+    everyone = world.people + world.unseen_people
+    order = torch.randperm(len(everyone), generator=gen)[:n_people].tolist()
+    facts = [f for i in order for f in world.facts_about(everyone[i])]
+    sentences = [fact_sentence(f, randint(gen, 0, len(TEMPLATES[f.relation]) - 1)) for f in facts]
+    position = torch.randperm(len(facts), generator=gen).tolist()  # fact i is chunk position[i]
+    chunks = [""] * len(facts)
+    for i, p in enumerate(position):
+        chunks[p] = sentences[i]
+    asked = torch.randperm(len(facts), generator=gen).tolist()
+    questions = [QUESTIONS[facts[i].relation].format(s=facts[i].subject) for i in asked]
+    return chunks, questions, [position[i] for i in asked]
+
+
+def _expect_rankings(got, n_questions: int, n_chunks: int, k: int, what: str) -> list[list[int]]:
+    """``got`` as a list of rankings: one list of ``k`` distinct ints in ``[0, n_chunks)`` per question."""
+    if isinstance(got, torch.Tensor):
+        if got.dtype not in (torch.int64, torch.int32) or got.dim() != 2 and n_questions:
+            raise AssertionError(f"{what} returned a tensor of dtype {got.dtype} and shape {tuple(got.shape)}; "
+                                 f"expected ({n_questions}, {k}) int64")
+        got = got.tolist()
+    if not isinstance(got, (list, tuple)) or len(got) != n_questions:
+        raise AssertionError(f"{what} should return one ranking per question ({n_questions}), got "
+                             f"{len(got) if isinstance(got, (list, tuple)) else type(got).__name__}")
+    rankings = []
+    for i, ranking in enumerate(got):
+        if isinstance(ranking, torch.Tensor):
+            ranking = ranking.tolist()
+        if not isinstance(ranking, (list, tuple)) or len(ranking) != k:
+            raise AssertionError(f"{what}: ranking {i} should hold k={k} ids, got {ranking!r}"[:400])
+        if not all(isinstance(j, int) and not isinstance(j, bool) and 0 <= j < n_chunks for j in ranking):
+            raise AssertionError(f"{what}: ranking {i} should hold ints from 0 to len(chunks) - 1 = {n_chunks - 1} "
+                                 f"(positions in chunks, counted from 0), got {ranking!r}"[:400])
+        if len(set(ranking)) != k:
+            raise AssertionError(f"{what}: ranking {i} lists an id more than once: {ranking!r}")
+        rankings.append(list(ranking))
+    return rankings
+
+
+def check_retrieve(retrieve, seed: int | None = None, n_worlds: int = 1, k: int = 3) -> None:
+    """``retrieve(questions, chunks, k)`` on knowledge bases of freshly invented people.
+
+    Each of ``n_worlds`` worlds gives about 200 shuffled sentences (one fact each) of 40 people
+    and one question per sentence; over all of them recall@1 must reach
+    ``RECALL_AT_1_BOUND`` and recall@3 ``RECALL_AT_3_BOUND``. Also: the rankings' form (k
+    distinct positions per question), no questions, k = 1 and k = len(chunks), the arguments
+    left as they were, and ``ValueError`` for k = 0 and k > len(chunks).
+    """
+    retrieve = watched(retrieve, RETRIEVE)
+    gen, seed = new_generator(seed)
+    hits_1 = hits_3 = total = 0
+    misses = []
+    for w in range(n_worlds):
+        chunks, questions, gold = _fresh_knowledge_base(gen)
+        what = f"retrieve(questions, chunks, k={k}) on {len(chunks)} sentences of freshly invented people (seed {seed})"
+        rankings = _expect_rankings(call_explained(retrieve, questions, chunks, k, what=what), len(questions), len(chunks),
+                                    k, what)
+        for question, g, ranking in zip(questions, gold, rankings):
+            hits_1 += ranking[0] == g
+            hits_3 += g in ranking[:3]
+            if ranking[0] != g and len(misses) < 3:
+                misses.append(f"  {question!r}: the answer is {chunks[g]!r}, ranked first: {chunks[ranking[0]]!r}")
+        total += len(questions)
+    recall_1, recall_3 = hits_1 / total, hits_3 / total
+    if recall_1 < RECALL_AT_1_BOUND or recall_3 < RECALL_AT_3_BOUND:
+        raise AssertionError(
+            f"retrieve on {total} questions about freshly invented people (seed {seed}): recall@1 {recall_1:.3f} "
+            f"(at least {RECALL_AT_1_BOUND} needed), recall@3 {recall_3:.3f} (at least {RECALL_AT_3_BOUND}). "
+            "Some questions whose sentence was not first:\n" + "\n".join(misses) +
+            "\nA question and its sentence often share no word but the name (\"live\" and \"home\"): "
+            "measure each retriever on the notebook's sentences first.")
+    chunks, questions, gold = _fresh_knowledge_base(gen, n_people=4)
+    small = [
+        (questions[:3], chunks, 1, "k=1"),
+        (questions[:2], chunks, len(chunks), "k=len(chunks)"),
+        ([], chunks, 2, "no questions"),
+    ]
+    for qs, cs, kk, label in small:
+        what = f"retrieve(questions, chunks, k={kk}) for {label}, {len(cs)} sentences (seed {seed})"
+        rankings = _expect_rankings(call_explained(retrieve, qs, cs, kk, what=what), len(qs), len(cs), kk, what)
+        if label == "k=len(chunks)" and any(sorted(r) != list(range(len(cs))) for r in rankings):
+            raise AssertionError(f"{what}: with k=len(chunks) every chunk should be ranked once")
+    for kk in (0, len(chunks) + 1):
+        _expect_value_error(retrieve, (questions[:2], chunks, kk),
+                            f"retrieve(questions, chunks, k={kk}) with {len(chunks)} chunks (seed {seed})",
+                            "k must be from 1 to len(chunks)")

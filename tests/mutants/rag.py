@@ -1,4 +1,5 @@
-"""Wrong answers to lesson 11's exercises: bm25_score, cosine_top_k, recall_at_k and mrr, chunk_words, fit_prompt."""
+"""Wrong answers to lesson 11's exercises: bm25_score, cosine_top_k, recall_at_k and mrr, chunk_words, fit_prompt, and the
+capstone retrieve."""
 
 import math
 from collections import Counter
@@ -386,6 +387,65 @@ def fit_double_newline(passages, question, count_tokens, max_tokens):
     return prompt(kept)
 
 
+# --------------------------------------------------------------------------- retrieve (the capstone)
+# Cheap on purpose (no embedding model): each fails by form or far below the recall bounds, whatever is drawn.
+
+
+def _retrieve_bm25(questions, chunks, k):
+    from course_lib import retrieval
+
+    if not 1 <= k <= len(chunks):
+        raise ValueError(f"k must be from 1 to len(chunks), got {k}")
+    bm25 = retrieval.BM25([retrieval.tokenize(c) for c in chunks])
+    return [bm25.top_k(retrieval.tokenize(q), k) for q in questions]
+
+
+def retrieve_bm25_only(questions, chunks, k):
+    """BM25 alone: about half the questions get their sentence first."""
+    return _retrieve_bm25(questions, chunks, k)
+
+
+def retrieve_name_only(questions, chunks, k):
+    """The chunks that contain the question's name, in their order: the relation is never looked at."""
+    if not 1 <= k <= len(chunks):
+        raise ValueError(f"k must be from 1 to len(chunks), got {k}")
+    out = []
+    for q in questions:
+        words = set(q.replace("?", " ").replace("'s", " ").split())
+        hits = [i for i, c in enumerate(chunks) if len(words & set(c.replace(".", " ").replace("'s", " ").split())) >= 2]
+        out.append((hits + [i for i in range(len(chunks)) if i not in hits])[:k])
+    return out
+
+
+def retrieve_one_based(questions, chunks, k):
+    """BM25's rankings counted from 1."""
+    return [[i + 1 for i in r] for r in _retrieve_bm25(questions, chunks, k)]
+
+
+def retrieve_worst_first(questions, chunks, k):
+    """BM25's k best, worst of them first."""
+    return [r[::-1] for r in _retrieve_bm25(questions, chunks, k)]
+
+
+def retrieve_k_plus_one(questions, chunks, k):
+    """One id too many (and no check of k)."""
+    from course_lib import retrieval
+
+    bm25 = retrieval.BM25([retrieval.tokenize(c) for c in chunks])
+    return [bm25.top_k(retrieval.tokenize(q), min(k + 1, len(chunks))) for q in questions]
+
+
+def retrieve_repeats_the_best(questions, chunks, k):
+    """The best id k times."""
+    return [[r[0]] * k for r in _retrieve_bm25(questions, chunks, k)]
+
+
+def retrieve_first_question_for_all(questions, chunks, k):
+    """The ranking of the first question for every question."""
+    ranked = _retrieve_bm25(questions[:1], chunks, k)
+    return ranked * len(questions)
+
+
 MUTANTS = {
     "test_bm25_score": {
         f.__name__: f
@@ -410,5 +470,10 @@ MUTANTS = {
     "test_fit_prompt": {
         f.__name__: f
         for f in (fit_sums_per_passage, fit_skips_and_continues, fit_reversed, fit_no_value_error, fit_strict, fit_double_newline)
+    },
+    "test_retrieve": {
+        f.__name__: f
+        for f in (retrieve_bm25_only, retrieve_name_only, retrieve_one_based, retrieve_worst_first, retrieve_k_plus_one,
+                  retrieve_repeats_the_best, retrieve_first_question_for_all)
     },
 }
