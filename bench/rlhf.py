@@ -64,10 +64,13 @@ def machine() -> str:
     return f"{platform.machine()}, {torch.get_num_threads()} threads, torch {torch.__version__}"
 
 
-def sft_epoch_seconds(tokenizer) -> float:
-    """Wall time of one epoch of the SFT recipe (the unit the lesson's comparison table is in), measured here."""
+def sft_epoch_seconds(tokenizer, steps: int | None = None) -> float:
+    """Wall time of one epoch of the SFT recipe (the unit the lesson's comparison table is in), measured here.
+
+    ``steps`` replaces the epoch's steps (``--quick``: a smoke test times 2 steps).
+    """
     recipe = rlhf.RECIPES["sft"]
-    steps = math.ceil(len(rlhf.sft_pairs()) / recipe["batch_size"])
+    steps = math.ceil(len(rlhf.sft_pairs()) / recipe["batch_size"]) if steps is None else steps
     seed_everything(0)
     start = time.perf_counter()
     rlhf.sft_model(load_pretrained(BASE), tokenizer, **{**recipe, "steps": steps}, progress=False)
@@ -78,13 +81,15 @@ def history_dict(history: rlhf.RLHistory) -> dict:
     return {"steps": history.steps, "evals": history.evals, "seconds": round(history.seconds, 2)}
 
 
-def long_runs(tokenizer, progress: bool, steps: int = rlhf.LONG_STEPS, rm_chunks=RM_CHUNKS) -> dict:
+def long_runs(tokenizer, progress: bool, steps: int = rlhf.LONG_STEPS, rm_chunks=RM_CHUNKS, quick: bool = False) -> dict:
+    """Every long run the lesson reads. ``quick``: the SFT epoch and PPO's reward model take 2 steps (a smoke test)."""
     sft = rlhf.load_sft()
     data = rlhf.preference_data()
     facts = rlhf.question_facts()
     judge = rlhf.Judge.against(sft, tokenizer, facts["heldout"])
     out = {"machine": machine(), "recipes": rlhf.RECIPES, "long_steps": steps,
-           "lesson_steps": rlhf.LESSON_STEPS, "sft_epoch_seconds": sft_epoch_seconds(tokenizer), "runs": {}}
+           "lesson_steps": rlhf.LESSON_STEPS, "sft_epoch_seconds": sft_epoch_seconds(tokenizer, 2 if quick else None),
+           "runs": {}}
 
     # The reward model: held-out accuracy as it trains (the lesson trains the first RECIPES steps).
     recipe = rlhf.RECIPES["reward_model"]
@@ -103,7 +108,8 @@ def long_runs(tokenizer, progress: bool, steps: int = rlhf.LONG_STEPS, rm_chunks
     # The reward model PPO uses: the lesson's, RECIPES["reward_model"] exactly.
     seed_everything(recipe["seed"])
     reward_model = rlhf.RewardModel(copy.deepcopy(sft))
-    rlhf.train_reward_model(reward_model, tokenizer, data["train"], **recipe, progress=progress)
+    rlhf.train_reward_model(reward_model, tokenizer, data["train"], **{**recipe, **({"steps": 2} if quick else {})},
+                            progress=progress)
     for name in ("ppo", "ppo_no_kl"):
         seed_everything(0)
         policy = rlhf.PolicyWithValue(copy.deepcopy(sft))
@@ -139,7 +145,7 @@ def main(argv: list[str] | None = None) -> int:
     tokenizer = course_tokenizer(0)
     if not args.runs_only:
         print("SFT:", make_sft(tokenizer, not args.quiet), flush=True)
-    runs = long_runs(tokenizer, not args.quiet, *((2, (2,)) if args.quick else ()))
+    runs = long_runs(tokenizer, not args.quiet, *((2, (2,), True) if args.quick else ()))
     args.out.write_text(json.dumps(runs, indent=1) + "\n")
     print(f"wrote {args.out}")
     return 0

@@ -453,7 +453,7 @@ class TrustedExecute(NbGraderPreprocessor):
     timeout = Integer(30, help="CPU seconds a cell, or one call of a learner's function by a check, may use").tag(config=True)
     notebook_cpu_seconds = Integer(180, help="CPU seconds the whole notebook may use").tag(config=True)
     notebook_wall_seconds = Integer(600, help="Seconds the whole notebook may take").tag(config=True)
-    memory_mib = Integer(3072, help="Address space of each of the sandbox's processes, in MiB").tag(config=True)
+    memory_mib = Integer(4096, help="Address space of each of the sandbox's processes, in MiB").tag(config=True)
     processes = Integer(256, help="Processes and threads the sandbox may have (where the grader is root)").tag(config=True)
     output_chars = Integer(1_000_000, help="Characters of output kept from the whole notebook").tag(config=True)
     hide = List(Unicode(), help="More paths the sandbox must not see").tag(config=True)

@@ -70,7 +70,7 @@ class Limits:
 
     cpu_seconds: float = 180
     wall_seconds: float = 600
-    memory_mib: int = 3072
+    memory_mib: int = 4096
     processes: int = 256
     file_mib: int = 256
     work_mib: int = 512

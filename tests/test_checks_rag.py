@@ -156,6 +156,13 @@ WRONG = [
     (checks.check_fit_prompt, mutants.fit_no_value_error, "should raise ValueError \\(even the prompt with no passage"),
     (checks.check_fit_prompt, mutants.fit_strict, r"exactly max_tokens tokens fits \(<=, not <\)"),
     (checks.check_fit_prompt, mutants.fit_double_newline, r"returns the wrong prompt .*\n(.*\n)*expected: 'Context:\\n"),
+    (checks.check_retrieve, mutants.retrieve_bm25_only, r"recall@1 0\.[0-8]\d* \(at least 0.9 needed\)"),
+    (checks.check_retrieve, mutants.retrieve_name_only, r"recall@1 0\.[0-8]\d* \(at least 0.9 needed\)"),
+    (checks.check_retrieve, mutants.retrieve_one_based, r"counted from 0|recall@1 0\.[0-8]"),
+    (checks.check_retrieve, mutants.retrieve_worst_first, r"recall@1 0\.[0-8]\d* \(at least 0.9 needed\)"),
+    (checks.check_retrieve, mutants.retrieve_k_plus_one, r"should hold k=3 ids"),
+    (checks.check_retrieve, mutants.retrieve_repeats_the_best, "lists an id more than once"),
+    (checks.check_retrieve, mutants.retrieve_first_question_for_all, r"recall@1 0\.[0-8]\d* \(at least 0.9 needed\)"),
 ]
 
 

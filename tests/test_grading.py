@@ -156,8 +156,10 @@ class TestRelease:
 # --------------------------------------------------------------------------- autograding
 
 
+# Two classes, not one: `make test` hands each class to one worker (--dist loadscope), and each holds a dozen
+# gradings of whole notebooks (about nine minutes): as two classes they run side by side.
 @pytest.mark.parametrize("lesson", LESSONS, scope="class")
-class TestScores:
+class TestSolutionScores:
     @pytest.fixture
     def course(self, lesson_course):
         return lesson_course
@@ -167,6 +169,13 @@ class TestScores:
         expected = graded_cells(solution_notebook(lesson))
         assert scores.max_score == sum(expected.values()) > 0
         assert scores.score == scores.max_score, scores.table()
+
+
+@pytest.mark.parametrize("lesson", LESSONS, scope="class")
+class TestUntouchedScores:
+    @pytest.fixture
+    def course(self, lesson_course):
+        return lesson_course
 
     def test_untouched_release_with_its_test_cells_replaced_scores_zero(self, course, lesson, tmp_path):
         """One grading proves two things: the locked test cells are restored (``pass`` would score
