@@ -122,7 +122,7 @@ for _ in range(2):
     subprocess.Popen([sys.executable, '-c', 'import time; time.sleep(600)', {MARK!r}])
 """], 1),
         "mallory-greedy": (RIGHT, [
-            "x = bytearray(3 * 2**30)\nprint('allocated 3 GiB')",
+            "x = bytearray(6 * 2**30)\nprint('allocated 6 GiB')",  # past the sandbox's 4096 MiB of address space
             "print('y' * 100_000_000)",
         ], 1),
         # ten cells after the last test cell that each run until they are stopped
