@@ -19,13 +19,7 @@ FOLDER = ASSETS / "distill"
 TEACHER_RECORD = ASSETS / "course-lm" / "training.json"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    """One thread: on a busy machine two threads that share a core are slower than one."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 @pytest.fixture(scope="module")

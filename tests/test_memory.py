@@ -68,13 +68,7 @@ GPT2_NO_DROPOUT = ModelShape(vocab_size=512, d_model=96, n_layers=2, n_heads=4, 
 SHAPES = {"llama-gqa": LLAMA_GQA, "llama-tied": LLAMA_TIED, "gpt2": GPT2, "gpt2-no-dropout": GPT2_NO_DROPOUT}
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models gain nothing from threads, and on a busy machine they lose a great deal."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")  # tests/conftest.py
 
 
 def n_params(model: nn.Module) -> int:
