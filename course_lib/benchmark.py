@@ -16,14 +16,18 @@ a ratio to it. The rules, in code:
 (:mod:`course_lib.kernels`) and the back-ends of ``torch.nn.functional.scaled_dot_product_attention``
 (FlashAttention-2, memory-efficient, cuDNN). :func:`decode_benchmark` times one decode step
 of attention against a long KV cache with MHA, GQA and MQA (lesson 06).
+:func:`reference_h200` reads the H200 figures that lessons 03-06 quote, with their provenance
+and uncertainty, from ``course_lib/assets/reference_h200.json``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import json
 import math
 import statistics
 import time
+from pathlib import Path
 from typing import Callable
 
 import torch
@@ -34,6 +38,28 @@ SDPA_BACKENDS = {
     "SDPA mem-efficient": "EFFICIENT_ATTENTION",
     "SDPA cuDNN": "CUDNN_ATTENTION",
 }
+
+
+REFERENCE_H200 = Path(__file__).resolve().parent / "assets" / "reference_h200.json"
+
+
+# --------------------------------------------------------------------------- the reference run's figures
+
+
+def reference_h200(group: str, path: Path | str | None = None) -> dict:
+    """One group of the H200 figures that lessons 03-06 quote, from ``course_lib/assets/reference_h200.json``.
+
+    Returns the group as a dict: ``what`` was measured, ``gpu``, ``torch``, when (``measured``), the
+    ``script`` and ``command`` that made it (or that they were not recorded), ``provenance``,
+    ``uncertainty``, and the figures, as ``figures`` (name -> value) or ``rows`` (one dict per
+    configuration). ``pm`` beside them holds each figure's +- from rounding: half a unit of the last
+    digit it was recorded with. An unknown ``group`` raises ``ValueError`` naming the groups.
+    Defined in lesson 03.
+    """
+    groups = json.loads(Path(path or REFERENCE_H200).read_text(encoding="utf-8"))["groups"]
+    if group not in groups:
+        raise ValueError(f"no reference group {group!r}; the groups are {', '.join(groups)}")
+    return groups[group]
 
 
 # --------------------------------------------------------------------------- timing and memory

@@ -320,15 +320,17 @@ class _BytesRead(TorchDispatchMode):
 
 
 def bytes_read(fn: Callable[[], Any], by_op: bool = False) -> int | tuple[int, dict[str, int]]:
-    """Run ``fn()`` and count the bytes its tensor operations read: the sum over every operation of its inputs' bytes.
+    """Run ``fn()`` and count the bytes handed to its tensor operations: the sum over every operation of its inputs' bytes.
 
     A model that generates one token reads all of its weights once (each matrix product
     reads its weight) and, in every layer, the whole KV cache (the attention reads the
-    cached keys and values). This is the memory traffic that bounds decoding speed; the
-    count is exact for what PyTorch's operations are handed (a cache that grows by
-    ``torch.cat`` also reads the old cache to copy it; caches are not re-read inside one
-    kernel, and CPU caches are ignored). With ``by_op=True`` also returns the bytes per
-    operation name (``mm``, ``cat``, ``bmm``, ...). Defined in lesson 06.
+    cached keys and values). The count approximates the memory traffic that bounds decoding
+    speed: it is exact for what PyTorch's operations are handed, but counts no writes (a
+    cache that grows by ``torch.cat`` reads the old cache to copy it, counted, and writes
+    the new one, not counted), charges an operation for a whole input it reads only part of
+    (an embedding lookup for its whole table), and ignores re-reads inside one kernel and
+    CPU and GPU caches. With ``by_op=True`` also returns the bytes per operation name
+    (``mm``, ``cat``, ``bmm``, ...). Defined in lesson 06.
     """
     with _BytesRead() as counter:
         fn()

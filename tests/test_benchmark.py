@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import json
 import math
+import re
 
 import pytest
 import torch
@@ -123,3 +125,72 @@ def test_attention_benchmark_times_forward_and_backward():
         assert r["error"] is None and r["tflops"] > 0
     by = {r["name"]: r for r in rows}
     assert by["eager"]["peak_mib"] > {r["name"]: r for r in forward}["eager"]["peak_mib"]   # saved for backward
+
+
+# --------------------------------------------------------------------------- the reference run's figures
+
+PROVENANCE = ("what", "gpu", "measured", "torch", "script", "command", "provenance", "uncertainty")
+
+
+def test_reference_h200_file_is_the_repository_format():
+    text = benchmark.REFERENCE_H200.read_text(encoding="utf-8")
+    assert text == json.dumps(json.loads(text), indent=1, ensure_ascii=False) + "\n"
+
+
+@pytest.mark.parametrize("group", list(json.loads(benchmark.REFERENCE_H200.read_text(encoding="utf-8"))["groups"]))
+def test_every_reference_group_states_its_provenance_and_uncertainty(group):
+    g = benchmark.reference_h200(group)
+    for field in PROVENANCE:
+        assert isinstance(g.get(field), str) and g[field].strip(), f"{group}: no {field}"
+    assert g["lessons"] and all(lesson in {"03", "04", "05", "06"} for lesson in g["lessons"])
+    assert ("figures" in g) != ("rows" in g), f"{group}: figures or rows, not both"
+    for row in g.get("rows", []):  # every measured figure of a row carries its +- from rounding
+        assert set(row["pm"]) <= set(row) and all(p > 0 for p in row["pm"].values()), row
+    if "pm" in g:
+        assert set(g["pm"]) == set(g["figures"])
+
+
+def test_reference_h200_rows_are_consistent():
+    memory_rows = benchmark.reference_h200("training_memory_1b")["rows"]
+    params = 1_104_218_112
+    for r in memory_rows:  # bytes per parameter, recorded from the unrounded peak, within the peak's rounding
+        low, high = (r["peak_gib"] - 0.05) * 2**30 / params, (r["peak_gib"] + 0.05) * 2**30 / params
+        assert low - 0.05 <= r["bytes_per_param"] <= high + 0.05, r
+    decode = {r["kv_heads"]: r for r in benchmark.reference_h200("decode_step")["rows"]}
+    assert [decode[k]["cache_gib_all_layers"] for k in (32, 8, 1)] == [128, 32, 4]
+    slowest = (decode[32]["step_ms"] - 0.005) / (decode[1]["step_ms"] + 0.005)
+    fastest = (decode[32]["step_ms"] + 0.005) / (decode[1]["step_ms"] - 0.005)
+    assert round(slowest) == 13 and round(fastest) == 15   # "13-15x", lesson 06
+    spec = benchmark.reference_h200("h200_spec")["figures"]
+    assert benchmark.reference_h200("ceilings")["figures"]["copy_tb_s"] < spec["hbm_bandwidth_tb_s"]
+    assert benchmark.reference_h200("training_memory_156m")["rows"] == []  # no result recorded yet
+
+
+def test_reference_h200_names_the_groups_for_an_unknown_group():
+    with pytest.raises(ValueError, match="decode_step") as info:
+        benchmark.reference_h200("h100")
+    assert "'h100'" in str(info.value) and "training_memory_1b" in str(info.value)
+
+
+# The figures now read from reference_h200.json, as the literals that used to define them in code cells,
+# and the Markdown tables that used to print them.
+HARD_CODED = {
+    "an H200_* table written out": re.compile(r"^\s*H200_\w+\s*=\s*(\[\s*\n\s*\(|\{\s*\d|\{\s*\n\s*\()", re.M),
+    "a ceiling in FLOP/s or bytes/s": re.compile(r"^\s*(PEAK_FLOPS|BANDWIDTH|COPY_RATE)\s*=\s*[\d.]+e12", re.M),
+    "a measured peak tuple": re.compile(r"\(\"(fp32|bf16-mixed|bf16)\", \d+, \d+, (True|False), [\d.]+\)"),
+    "a measured attention dict": re.compile(r"\"(eager|flash)_ms\":\s*[\d.]+|\{1024: \d+, 4096: \d+"),
+    "the reference cache sizes": re.compile(r"\(\"MHA\", 32, 128\)"),
+}
+MARKDOWN_TABLES = re.compile(r"^\|[^\n]*(\d ms, \d+ TFLOP/s|\| [\d.]+ GiB \| [\d.]+ ms \|)", re.M)
+
+
+@pytest.mark.parametrize("lesson", ["00", "01", "02", "03", "04", "05", "06"])
+def test_no_solution_notebook_of_lessons_00_to_06_hard_codes_the_h200_figures(lesson, repo):
+    [path] = (repo / "solutions").glob(f"{lesson}_*/{lesson}_*.ipynb")
+    for cell in json.loads(path.read_text(encoding="utf-8"))["cells"]:
+        source = "".join(cell["source"])
+        if cell["cell_type"] == "code":
+            for what, pattern in HARD_CODED.items():
+                assert not pattern.search(source), f"{path.name}: {what} in a code cell; read reference_h200.json"
+        elif cell["cell_type"] == "markdown":
+            assert not MARKDOWN_TABLES.search(source), f"{path.name}: an H200 table in Markdown; print it from the file"
