@@ -4,6 +4,7 @@ One module per idea; each function's docstring names the lesson that teaches it.
 
 - ``device``      lesson 00: which device to compute on, seeding
 - ``glossary``    lesson 00 (and every lesson after): the source text's terms
+- ``tables``      lesson 00 (and every lesson after): tables of results, shown formatted
 - ``memory``      lesson 00 (bytes of a tensor); lesson 03: parameter counts, memory estimates and measurements
 - ``attention``   lesson 01: softmax, scaled dot-product attention, masks, multi-head attention
 - ``data``        lesson 02: the synthetic world every later lesson trains and tests on
