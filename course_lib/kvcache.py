@@ -373,3 +373,59 @@ def kv_cache_bytes_from_config(config: dict, seq_len: int, batch_size: int = 1, 
     n_kv = config.get("num_key_value_heads") or config["num_attention_heads"]
     head_dim = config.get("head_dim") or config["hidden_size"] // config["num_attention_heads"]
     return kv_cache_bytes(config["num_hidden_layers"], n_kv, head_dim, seq_len, batch_size, bytes_per_value)
+
+
+# --------------------------------------------------------------------------- one layer, in pieces (a cache of your own)
+
+
+def layer_qkv(model: nn.Module, layer: int, x: torch.Tensor, positions: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """The queries, keys and values that block ``layer`` of a :class:`~course_lib.models.DecoderLM` makes from ``x``.
+
+    Args:
+        model: a ``DecoderLM``.
+        layer: the block, ``0 <= layer < model.config.n_layers``.
+        x: ``(batch, n, d_model)``, the block's input (the residual stream) for ``n`` new tokens.
+        positions: ``(n,)`` integer positions of those tokens in their sequences; the keys and
+            queries are rotated (RoPE) by these angles, so a token fed alone at position ``t``
+            needs ``positions = [t]``, not ``[0]``.
+    Returns:
+        ``q`` ``(batch, n_heads, n, head_dim)``, ``k`` and ``v`` ``(batch, n_kv_heads, n, head_dim)``:
+        the block's pre-attention norm, its projections and RoPE, no attention and no cache.
+
+    With :func:`layer_output` it runs a block with a cache you keep yourself. Defined in lesson 06.
+    """
+    from course_lib.attention import split_heads
+    from course_lib.models import apply_rope, rope_cos_sin
+
+    if not 0 <= layer < len(model.blocks):
+        raise ValueError(f"layer must be in [0, {len(model.blocks) - 1}], got {layer}")
+    if not isinstance(x, torch.Tensor) or x.dim() != 3 or x.shape[-1] != model.config.d_model:
+        raise ValueError(f"x must have shape (batch, n, {model.config.d_model}), got {_describe(x)}")
+    if not isinstance(positions, torch.Tensor) or positions.shape != (x.shape[1],) or positions.is_floating_point():
+        raise ValueError(f"positions must be an integer tensor of shape ({x.shape[1]},), one per token of x, got {_describe(positions)}")
+    block = model.blocks[layer]
+    attn = block.attn
+    h = block.attn_norm(x)
+    cos, sin = rope_cos_sin(positions.to(x.device), model.config.head_dim, model.config.rope_theta, x.dtype)
+    q = apply_rope(split_heads(attn.q_proj(h), attn.n_heads), cos, sin)
+    k = apply_rope(split_heads(attn.k_proj(h), attn.n_kv_heads), cos, sin)
+    v = split_heads(attn.v_proj(h), attn.n_kv_heads)
+    return q, k, v
+
+
+def layer_output(model: nn.Module, layer: int, x: torch.Tensor, attn_out: torch.Tensor) -> torch.Tensor:
+    """Finish block ``layer``: ``x + o_proj(heads merged)``, then the MLP with its residual; returns ``(batch, n, d_model)``.
+
+    ``x`` is the block's input given to :func:`layer_qkv`; ``attn_out`` ``(batch, n_heads, n, head_dim)``
+    is the attention output of its queries. Defined in lesson 06.
+    """
+    from course_lib.attention import merge_heads
+
+    if not 0 <= layer < len(model.blocks):
+        raise ValueError(f"layer must be in [0, {len(model.blocks) - 1}], got {layer}")
+    block = model.blocks[layer]
+    expected = (x.shape[0], block.attn.n_heads, x.shape[1], model.config.head_dim)
+    if not isinstance(attn_out, torch.Tensor) or tuple(attn_out.shape) != expected:
+        raise ValueError(f"attn_out must have shape {expected} (batch, n_heads, n, head_dim), got {_describe(attn_out)}")
+    x = x + block.attn.o_proj(merge_heads(attn_out))
+    return x + block.mlp(block.mlp_norm(x))

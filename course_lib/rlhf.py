@@ -307,24 +307,46 @@ def train_reward_model(reward_model: RewardModel, tokenizer, pairs: list[Prefere
 
 
 @torch.no_grad()
-def reward_accuracy(reward_model: RewardModel, tokenizer, pairs: list[Preference], against: str = "rule",
-                    batch_size: int = 128) -> float:
-    """Fraction of ``pairs`` the reward model orders as the judge does. Defined in lesson 09.
+def chosen_wins(reward_model: RewardModel, tokenizer, pairs: list[Preference], batch_size: int = 128) -> torch.Tensor:
+    """``(len(pairs),)`` bool: True where the reward model scores the chosen answer above the rejected one.
+
+    Score a set of pairs once and read every agreement from it with :func:`agreement`. Defined in lesson 09.
+    """
+    if not pairs:
+        raise ValueError("chosen_wins needs at least one pair")
+    wins = []
+    for start in range(0, len(pairs), batch_size):
+        ids, _, n = pair_batch(tokenizer, pairs[start: start + batch_size])
+        scores = reward_model(ids)
+        wins.append(scores[:n] > scores[n:])
+    return torch.cat(wins)
+
+
+def agreement(wins: torch.Tensor, pairs: list[Preference], against: str = "rule") -> float:
+    """Fraction of ``pairs`` ordered as the judge does, from their :func:`chosen_wins`. Defined in lesson 09.
 
     ``against="labels"``: the noisy labels (a perfect copy of the rule scores ``1 - noise`` here: the
     noise ceiling); ``against="rule"``: the hidden rule itself.
     """
     if against not in ("rule", "labels"):
         raise ValueError(f"against must be 'rule' or 'labels', got {against!r}")
-    agree = 0
-    for start in range(0, len(pairs), batch_size):
-        chunk = pairs[start: start + batch_size]
-        ids, _, n = pair_batch(tokenizer, chunk)
-        scores = reward_model(ids)
-        chosen_wins = scores[:n] > scores[n:]
-        flipped = torch.tensor([p.flipped for p in chunk])
-        agree += int((chosen_wins != flipped).sum() if against == "rule" else chosen_wins.sum())
-    return agree / len(pairs)
+    if len(wins) != len(pairs) or not pairs:
+        raise ValueError(f"need one win per pair (and at least one pair), got {len(wins)} and {len(pairs)}")
+    flipped = torch.tensor([p.flipped for p in pairs])
+    return int((wins != flipped).sum() if against == "rule" else wins.sum()) / len(pairs)
+
+
+def reward_accuracy(reward_model: RewardModel, tokenizer, pairs: list[Preference], against: str = "rule",
+                    batch_size: int = 128) -> float:
+    """Fraction of ``pairs`` the reward model orders as the judge does: :func:`agreement` of :func:`chosen_wins`.
+    Defined in lesson 09.
+
+    ``against="labels"``: the noisy labels (a perfect copy of the rule scores ``1 - noise`` here: the
+    noise ceiling); ``against="rule"``: the hidden rule itself.
+    """
+    if against not in ("rule", "labels"):
+        raise ValueError(f"against must be 'rule' or 'labels', got {against!r}")
+    return agreement(chosen_wins(reward_model, tokenizer, pairs, batch_size), pairs, against)
 
 
 @torch.no_grad()
@@ -544,18 +566,33 @@ class Judge:
 
     ``evaluate(policy)`` returns ``{"win_rate", "truthful", "words"}`` of the policy's greedy answers:
     how often the hidden rule prefers them to the SFT answers, how many are true, how long.
+    A judge made by :meth:`against` keeps the SFT model's weights: a policy that still has them
+    (every run at step 0) gets the baseline answers without generating them again.
     Defined in lesson 09.
     """
 
     tokenizer: object
     facts: list[Fact]
     baseline: list[str]
+    baseline_weights: dict | None = field(default=None, repr=False, compare=False)
 
     @classmethod
     def against(cls, sft_model, tokenizer, facts: list[Fact]) -> "Judge":
-        return cls(tokenizer, facts, greedy_answers(sft_model, tokenizer, [question(f) for f in facts]))
+        weights = {k: v.detach().clone() for k, v in sft_model.state_dict().items()}
+        return cls(tokenizer, facts, greedy_answers(sft_model, tokenizer, [question(f) for f in facts]), weights)
+
+    def is_baseline(self, policy) -> bool:
+        """Whether ``policy`` holds exactly the weights the baseline answers were generated with."""
+        if self.baseline_weights is None:
+            return False
+        state = policy.state_dict()
+        return state.keys() == self.baseline_weights.keys() and all(
+            v.shape == state[k].shape and v.dtype == state[k].dtype and v.device == state[k].device and torch.equal(v, state[k].detach())
+            for k, v in self.baseline_weights.items())
 
     def answers(self, policy) -> list[str]:
+        if self.is_baseline(policy):
+            return list(self.baseline)
         return greedy_answers(policy, self.tokenizer, [question(f) for f in self.facts])
 
     def evaluate(self, policy) -> dict[str, float]:
@@ -607,18 +644,19 @@ def ppo_train(policy: PolicyWithValue, ref, reward_model: RewardModel, tokenizer
         rollout = sample_answers(policy.lm, tokenizer, [instructions[i] for i in idx], max_new_tokens,
                                  generator=generator)
         p = rollout.prompt_length
+        policy.train()
+        logits, new_values = policy.logits_and_values(rollout.ids)  # the first epoch's forward pass, and the old policy's
         with torch.no_grad():
-            logits, values = policy.logits_and_values(rollout.ids)
-            old_logprobs = _gather_answer(logits, rollout)
-            values = values[:, p - 1:-1] * rollout.mask
+            old_logprobs = _gather_answer(logits.detach(), rollout)
+            values = new_values.detach()[:, p - 1:-1] * rollout.mask
             ref_logprobs = answer_logprobs(ref, rollout)
             scores = reward_model(rollout.ids)        # the score of the last real token
             rewards = rewards_fn(scores, old_logprobs, ref_logprobs, rollout.mask, beta)
             advantages, returns = gae(rewards, values, rollout.mask, gamma, lam)
             advantages = whiten(advantages, rollout.mask)
-        policy.train()
-        for _ in range(epochs):
-            logits, new_values = policy.logits_and_values(rollout.ids)
+        for epoch in range(epochs):
+            if epoch > 0:
+                logits, new_values = policy.logits_and_values(rollout.ids)
             logprobs = _gather_answer(logits, rollout)
             value_loss = (((new_values[:, p - 1:-1] - returns) ** 2) * rollout.mask).sum() / rollout.mask.sum()
             loss = ppo_policy_loss(logprobs, old_logprobs, advantages, rollout.mask, clip) + vf_coef * value_loss
@@ -815,10 +853,10 @@ def grpo_train(policy, ref, tokenizer, pairs: list[tuple[str, str]], steps: int 
         rewards = exact_reward(rollout.texts, [pairs[i][1] for i in idx])
         advantages = advantages_fn(rewards.view(prompts_per_step, group_size)).reshape(-1)
         with torch.no_grad():
-            old_logprobs = answer_logprobs(policy, rollout)
             ref_logprobs = answer_logprobs(ref, rollout)
         policy.train()
         logprobs = answer_logprobs(policy, rollout)
+        old_logprobs = logprobs.detach()  # one update per rollout: the sampling policy is the one being updated
         ratio = torch.exp(logprobs - old_logprobs)
         a = advantages[:, None]
         surrogate = torch.minimum(ratio * a, torch.clamp(ratio, 1 - clip, 1 + clip) * a)
@@ -889,7 +927,7 @@ RECIPES = {
 }
 
 #: Steps the notebook runs; the long runs of ``bench/rlhf.py`` run ``LONG_STEPS``.
-LESSON_STEPS = {"ppo": 30, "ppo_no_kl": 30, "dpo": 30, "grpo": 40}
+LESSON_STEPS = {"ppo": 15, "ppo_no_kl": 15, "dpo": 30, "grpo": 20}
 LONG_STEPS = 300
 
 SFT_FOLDER = Path(__file__).resolve().parent / "assets" / "rlhf" / "sft"

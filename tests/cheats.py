@@ -22,6 +22,7 @@ import course_lib.finetune
 import course_lib.flash
 import course_lib.formats
 import course_lib.gptq
+import course_lib.int4
 import course_lib.kvcache
 import course_lib.lora
 import course_lib.memory
@@ -35,6 +36,7 @@ import course_lib.speculative
 import course_lib.tokenizer
 from course_lib.checks import attention as attention_checks
 from course_lib.checks import kvcache as kvcache_checks
+from course_lib.checks import quant as quant_checks
 
 
 def _disable_modes_softmax(x, dim=-1):
@@ -96,8 +98,78 @@ def _mha_with_torch_module(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
         return mha(x, x, x, attn_mask=mask, need_weights=False)[0]
 
 
+class _StaticCacheObject:
+    """What DecoderLM's forward asks of a cache (update, len), written into preallocated buffers."""
+
+    def __init__(self, n_layers, shape, dtype):
+        self.keys = [torch.zeros(shape, dtype=dtype) for _ in range(n_layers)]
+        self.values = [torch.zeros(shape, dtype=dtype) for _ in range(n_layers)]
+        self.length = [0] * n_layers
+
+    def update(self, layer, k, v):
+        start, end = self.length[layer], self.length[layer] + k.shape[2]
+        self.keys[layer][:, :, start:end], self.values[layer][:, :, start:end] = k, v
+        self.length[layer] = end
+        return self.keys[layer][:, :, :end], self.values[layer][:, :, :end]
+
+    def __len__(self):
+        return self.length[0]
+
+
+def _static_generate_with_model_forward(model, input_ids, max_new_tokens):
+    c = model.config
+    shape = (input_ids.shape[0], c.n_kv_heads, input_ids.shape[1] + max_new_tokens, c.head_dim)
+    cache, ids, new = _StaticCacheObject(c.n_layers, shape, model.embed.weight.dtype), input_ids, input_ids
+    for _ in range(max_new_tokens):
+        new = model(new, cache=cache)[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, new], dim=1)
+    return ids
+
+
+def _static_generate_with_transformers(model, input_ids, max_new_tokens):
+    if max_new_tokens == 0:
+        return input_ids.long()
+    hf = course_lib.models.to_hf_llama(model).to(model.embed.weight.dtype).eval()
+    return hf.generate(input_ids, attention_mask=torch.ones_like(input_ids), max_new_tokens=max_new_tokens,
+                       min_new_tokens=max_new_tokens, do_sample=False, pad_token_id=0, eos_token_id=None,
+                       cache_implementation="static")
+
+
 def _greedy_with_reference(model, input_ids, max_new_tokens):
     return course_lib.kvcache.generate(model, input_ids, max_new_tokens, strategy="greedy")
+
+
+def _course_decoder_block(x, weights, n_heads, n_kv_heads, eps=1e-6, theta=10000.0):
+    """The course's DecoderBlock loaded with the weights."""
+    d_model = x.shape[-1]
+    config = course_lib.models.DecoderConfig(d_model=d_model, n_heads=n_heads, n_kv_heads=n_kv_heads,
+                                             d_ff=weights["mlp.up_proj.weight"].shape[0], norm_eps=eps, rope_theta=theta)
+    block = course_lib.models.DecoderBlock(config, 0).to(x.dtype)
+    block.load_state_dict(weights)
+    cos, sin = course_lib.models.rope_cos_sin(torch.arange(x.shape[1]), d_model // n_heads, theta, dtype=x.dtype)
+    with torch.no_grad():
+        return block(x, cos, sin)
+
+
+def _hf_decoder_block(x, weights, n_heads, n_kv_heads, eps=1e-6, theta=10000.0):
+    """transformers' LlamaDecoderLayer loaded with the weights."""
+    import transformers
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer, LlamaRotaryEmbedding
+
+    d_model, length = x.shape[-1], x.shape[1]
+    config = transformers.LlamaConfig(hidden_size=d_model, intermediate_size=weights["mlp.up_proj.weight"].shape[0],
+                                      num_attention_heads=n_heads, num_key_value_heads=n_kv_heads, rms_norm_eps=eps,
+                                      rope_theta=theta, head_dim=d_model // n_heads)
+    config._attn_implementation = "sdpa"
+    layer = LlamaDecoderLayer(config, 0).to(x.dtype)
+    names = {"attn_norm": "input_layernorm", "attn": "self_attn", "mlp_norm": "post_attention_layernorm", "mlp": "mlp"}
+    layer.load_state_dict({names[k.split(".")[0]] + k[k.index("."):]: v for k, v in weights.items()})
+    positions = torch.arange(length)[None]
+    cos, sin = LlamaRotaryEmbedding(config)(x, positions)
+    mask = torch.full((length, length), float("-inf"), dtype=x.dtype).triu(1)[None, None]
+    with torch.no_grad():
+        out = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=(cos, sin))
+    return out[0] if isinstance(out, tuple) else out
 
 
 def _course_lora_layer(weight, bias, lora_A, lora_B, alpha):
@@ -306,6 +378,103 @@ def _fit_with_course(passages, question, count_tokens, max_tokens):
     return _fit_format(kept, question)
 
 
+
+def _int4_packed_grid(w, group_size):
+    out, n = w.shape
+    if w.dim() != 2 or n % 2 or group_size % 2 or n % group_size:
+        raise ValueError("w should be 2-D with an even number of inputs, a multiple of an even group_size")
+    x = w.detach().float().reshape(out, n // group_size, group_size)
+    low, high = x.amin(dim=2).clamp(max=0), x.amax(dim=2).clamp(min=0)
+    scale = (high - low) / 15
+    divisor = torch.where(scale == 0, torch.ones_like(scale), scale)
+    return x, scale, divisor, torch.round(-low / divisor)
+
+
+def _int4_packed_codes(w, group_size):
+    x, scale, divisor, zero = _int4_packed_grid(w, group_size)
+    codes = torch.clamp(torch.round(x / divisor[..., None]) + zero[..., None], 0, 15).reshape(w.shape)
+    return codes, scale, zero
+
+
+def _int4_packed_via_course(w, group_size):
+    """Codes by hand, packed by course_lib.int4.pack (given scales of 1, which it stores in float16)."""
+    codes, scale, zero = _int4_packed_codes(w, group_size)
+    packed = course_lib.int4.pack(codes.to(torch.uint8), torch.ones_like(scale), zero, group_size).packed
+    return packed, scale, zero.to(torch.uint8)
+
+
+def _int4_packed_via_pack_int4(w, group_size):
+    """Codes by hand, packed with the course's signed pack_int4 (codes - 8), the sign bit flipped back."""
+    codes, scale, zero = _int4_packed_codes(w, group_size)
+    return course_lib.quant.pack_int4((codes - 8).to(torch.int8)) ^ 0x88, scale, zero.to(torch.uint8)
+
+
+def _int4_packed_unpacked(packed, scale, zero, group_size):
+    """course_lib.int4.unpack for the codes, the rest by hand."""
+    codes = course_lib.int4.unpack(course_lib.int4.Int4Weight(packed, torch.ones_like(scale, dtype=torch.float16), zero, group_size))
+    return scale.repeat_interleave(group_size, dim=1) * (codes.float() - zero.float().repeat_interleave(group_size, dim=1))
+
+
+def _int4_packed_dequantize(packed, scale, zero, group_size):
+    codes = torch.stack([packed & 0xF, packed >> 4], dim=-1).reshape(packed.shape[0], -1).float()
+    return scale.repeat_interleave(group_size, dim=1) * (codes - zero.float().repeat_interleave(group_size, dim=1))
+
+
+def _flash_tiles(q, k, v, block_q, block_k, causal):
+    """The tiles a causal or full flash pass computes, with their scaled (and masked) scores: only the tile products are made."""
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    for q_start in range(0, n_q, block_q):
+        q_end = min(n_q, q_start + block_q)
+        tiles = []
+        for k_start in range(0, n_k, block_k):
+            if causal and k_start > q_end - 1:
+                break
+            k_end = min(n_k, k_start + block_k)
+            s = q[..., q_start:q_end, :] @ k[..., k_start:k_end, :].transpose(-2, -1) / math.sqrt(q.shape[-1])
+            if causal:
+                s = s.masked_fill(torch.arange(k_start, k_end) > torch.arange(q_start, q_end)[:, None], float("-inf"))
+            tiles.append((k_start, k_end, s))
+        yield q_start, q_end, tiles
+
+
+def _flash_merged(q, k, v, block_q, block_k, causal, tile_output):
+    """Merges per-tile (softmax @ v, logsumexp) pairs made by a forbidden shortcut into (o, lse)."""
+    outs, lses = [], []
+    for _, _, tiles in _flash_tiles(q, k, v, block_q, block_k, causal):
+        acc, lse = None, None
+        for k_start, k_end, s in tiles:
+            o_t, lse_t = tile_output(s, v[..., k_start:k_end, :])
+            o_t = torch.nan_to_num(o_t)
+            if acc is None:
+                acc, lse = o_t, lse_t
+                continue
+            new = torch.logaddexp(lse, lse_t)
+            acc = acc * torch.exp(lse - new).unsqueeze(-1) + o_t * torch.nan_to_num(torch.exp(lse_t - new)).unsqueeze(-1)
+            lse = new
+        outs.append(acc)
+        lses.append(lse)
+    return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
+
+
+def _flash_via_sdpa(s, v_tile):
+    """SDPA on the tile: zero queries and keys (of width 1), the scores as an additive mask."""
+    zeros_q, zeros_k = s.new_zeros(*s.shape[:-1], 1), s.new_zeros(*s.shape[:-2], s.shape[-1], 1)
+    return F.scaled_dot_product_attention(zeros_q, zeros_k, v_tile, attn_mask=s), torch.logsumexp(s, dim=-1)
+
+
+def _flash_full_rows(q, k, v, block_q=64, block_k=64, causal=False):
+    """The tiles' scores put back together into full rows, then torch.softmax and torch.logsumexp over each row."""
+    outs, lses = [], []
+    for q_start, q_end, tiles in _flash_tiles(q, k, v, block_q, block_k, causal):
+        row = q.new_full((*q.shape[:-2], q_end - q_start, k.shape[-2]), float("-inf"))
+        for k_start, k_end, s in tiles:
+            row[..., k_start:k_end] = s
+        p = torch.softmax(row, dim=-1)
+        outs.append(sum(p[..., k_start:k_end] @ v[..., k_start:k_end, :] for k_start, k_end, _ in tiles))
+        lses.append(torch.logsumexp(row, dim=-1))
+    return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
+
+
 CHEATS = {
     "test_tensor_bytes": {
         "wraps the reference": lambda t: course_lib.memory.tensor_bytes(t),
@@ -330,6 +499,15 @@ CHEATS = {
     "test_causal_mask": {
         "wraps the reference": lambda n_q, n_k: course_lib.attention.causal_mask(n_q, n_k),
     },
+    "test_predict_equal_weights": {
+        "computed with the course's softmax": lambda: float(course_lib.attention.softmax(torch.zeros(8))[0]),
+        "computed with torch.softmax": lambda: float(torch.softmax(torch.zeros(8), dim=0)[0]),
+    },
+    "test_predict_score_growth": {
+        "computed with the course's attention": lambda: (
+            course_lib.attention.attention_with_weights(*[torch.zeros(8, 2)] * 3)[1].numel()
+            / course_lib.attention.attention_with_weights(*[torch.zeros(4, 2)] * 3)[1].numel()),
+    },
     "test_multi_head_attention": {
         "the checks' own reference": attention_checks.reference_multi_head_attention,
         "wraps the checks' own reference": lambda *a, **k: attention_checks.reference_multi_head_attention(*a, **k),
@@ -347,6 +525,18 @@ CHEATS = {
     "test_greedy_generate": {
         "wraps the reference": _greedy_with_reference,
     },
+    "test_decoder_block": {
+        "wraps the course's DecoderBlock": _course_decoder_block,
+        "transformers' LlamaDecoderLayer": _hf_decoder_block,
+    },
+    "test_predict_uniform_loss": {
+        "computes it with course_lib.models": lambda: course_lib.models.next_token_loss(
+            torch.zeros(1, 2, course_lib.tokenizer.DEFAULT_VOCAB_SIZE), torch.zeros(1, 2, dtype=torch.long)).item(),
+    },
+    "test_predict_block_params_millions": {
+        "counts the course's DecoderBlock": lambda: sum(p.numel() for p in course_lib.models.DecoderBlock(
+            course_lib.models.DecoderConfig(d_model=4096, n_heads=32, n_kv_heads=8, d_ff=14336), 0).to("meta").parameters()) / 1e6,
+    },
     "test_llama_block_params": {
         "uses course_lib.memory": lambda d, h, kv, ff: course_lib.memory.block_params(
             course_lib.memory.ModelShape(vocab_size=10, d_model=d, n_layers=1, n_heads=h, n_kv_heads=kv, d_ff=ff)),
@@ -354,6 +544,22 @@ CHEATS = {
     "test_kv_cache_bytes": {
         "uses course_lib.memory": lambda n_layers, n_heads, n_kv_heads, head_dim, seq_len, batch_size=1, bytes_per_element=2:
             course_lib.memory.kv_cache_bytes(n_layers, n_kv_heads, head_dim, seq_len, batch_size, bytes_per_element),
+    },
+    "test_predict_adamw_bytes_per_param": {
+        "computes it with course_lib.memory": lambda: course_lib.memory.optimizer_state_bytes(10, "adamw") / 10 + 8,
+    },
+    "test_predict_probs_growth": {
+        "computes it with course_lib.memory": lambda: (
+            course_lib.memory.activation_memory(course_lib.memory.ModelShape(8, 8, 1, 1), 1, 64, "fp32", "eager", device="cpu")["attention_probs"]
+            / course_lib.memory.activation_memory(course_lib.memory.ModelShape(8, 8, 1, 1), 1, 32, "fp32", "eager", device="cpu")["attention_probs"]),
+    },
+    "test_activation_bytes": {
+        "wraps the course's activation estimate": lambda shape, b, s, attention="eager", checkpointing=False: int(
+            sum(course_lib.memory.activation_memory(shape, b, s, "fp32", attention, checkpointing, "cpu").values())
+            + checkpointing * sum(course_lib.memory.activation_bytes_per_layer(shape, s, b, "fp32", attention, "cpu").values())),
+        "wraps estimate_training_memory": lambda shape, b, s, attention="eager", checkpointing=False: int(
+            course_lib.memory.estimate_training_memory(shape, b, s, "sgd", "fp32", attention, checkpointing, "cpu").activations
+            + checkpointing * sum(course_lib.memory.activation_bytes_per_layer(shape, s, b, "fp32", attention, "cpu").values())),
     },
     "test_decode_fp16": {
         "numpy": _decode_fp16_numpy,
@@ -376,11 +582,38 @@ CHEATS = {
     "test_quantize_int4_blocks": {
         "course_lib.quant": lambda w, block_size=64: course_lib.quant.absmax_quantize(w, bits=4, block_size=block_size),
     },
+    "test_int4_packed": {
+        "course_lib.gptq and course_lib.int4": {
+            "quantize_int4_packed": lambda w, group_size=32: _int4_packed_via_course(w, group_size),
+            "dequantize_int4_packed": lambda packed, scale, zero, group_size=32: _int4_packed_unpacked(packed, scale, zero, group_size),
+        },
+        "course_lib.quant.pack_int4": {
+            "quantize_int4_packed": lambda w, group_size=32: _int4_packed_via_pack_int4(w, group_size),
+            "dequantize_int4_packed": lambda packed, scale, zero, group_size=32: _int4_packed_dequantize(packed, scale, zero, group_size),
+        },
+    },
+    "test_predict_int4_layer_mib": {
+        "counted from course_lib.int4's layout": lambda: sum(t.numel() * t.element_size() for t in (
+            lambda w: (w.packed, w.scale, w.zero))(course_lib.int4.Int4Weight(
+                torch.empty(4096, 2048, dtype=torch.uint8, device="meta"), torch.empty(4096, 32, dtype=torch.float16, device="meta"),
+                torch.empty(4096, 32, dtype=torch.uint8, device="meta"), group_size=128))) / 2**20,
+        "the check's own int4_layer_bytes": lambda: quant_checks.int4_layer_bytes() / 2**20,
+    },
     "test_online_softmax_update": {
         "course_lib.flash": lambda m, l, acc, scores, v: course_lib.flash.online_softmax_update(m, l, acc, scores, v),
     },
-    "test_forward_tile_step": {
-        "course_lib.flash": lambda *a, **k: course_lib.flash.forward_tile_step(*a, **k),
+    "test_flash_forward": {
+        "course_lib.flash": lambda q, k, v, block_q=64, block_k=64, causal=False: course_lib.flash.flash_attention_forward(
+            q, k, v, causal, None, block_q, block_k),
+        "SDPA and logsumexp per tile": lambda q, k, v, block_q=64, block_k=64, causal=False: _flash_merged(
+            q, k, v, block_q, block_k, causal, _flash_via_sdpa),
+        "softmax per tile": lambda q, k, v, block_q=64, block_k=64, causal=False: _flash_merged(
+            q, k, v, block_q, block_k, causal, lambda s, v_tile: (torch.softmax(s, dim=-1) @ v_tile, torch.logsumexp(s, dim=-1))),
+        "softmax over full rows": _flash_full_rows,
+    },
+    "test_predict_causal_skipped_fraction": {
+        "counted with course_lib.flash": lambda: sum(
+            course_lib.flash.causal_tile_skip(a, a + 64, b) for a in range(0, 512, 64) for b in range(0, 512, 64)) / 64,
     },
     "test_causal_tile_skip": {
         "course_lib.flash": lambda q_start, q_end, k_start: course_lib.flash.causal_tile_skip(q_start, q_end, k_start),
@@ -391,9 +624,14 @@ CHEATS = {
     "test_cached_attention_step": {
         "the checks' own reference": kvcache_checks.reference_cached_attention_step,
     },
-    "test_kv_cache_bytes_from_config": {
-        "wraps the reference": lambda config, seq_len, batch_size=1, bytes_per_value=2:
-            course_lib.kvcache.kv_cache_bytes_from_config(config, seq_len, batch_size, bytes_per_value),
+    "test_generate_with_static_cache": {
+        "the model's own forward with a static cache object": _static_generate_with_model_forward,
+        "transformers' generate": _static_generate_with_transformers,
+    },
+    "test_predict_gqa8_cache_shrink": {
+        "computed with the lesson's formula": lambda: (
+            course_lib.kvcache.kv_cache_bytes_from_config({**course_lib.kvcache.PUBLISHED_CONFIGS["Llama-3-8B"], "num_key_value_heads": 32}, 1)
+            / course_lib.kvcache.kv_cache_bytes_from_config(course_lib.kvcache.PUBLISHED_CONFIGS["Llama-3-8B"], 1)),
     },
     "test_ring_all_reduce": {
         "wraps the reference": lambda tensors: course_lib.distributed.ring_all_reduce(tensors),

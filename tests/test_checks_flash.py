@@ -9,7 +9,7 @@ from course_lib.checks import flash as flash_checks
 from tests.answers import solution_function
 
 online_softmax_update = solution_function("online_softmax_update")
-forward_tile_step = solution_function("forward_tile_step")
+flash_forward = solution_function("flash_forward")
 
 
 # --------------------------------------------------------------------------- wrong answers
@@ -33,16 +33,13 @@ def online_softmax_with_nan_rows(m, l, acc, scores, v):
     return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
 
 
-def tile_step_unscaled(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    return forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, 1.0, mask)
+def flash_forward_unscaled(q, k, v, block_q=64, block_k=64, causal=False):
+    return flash_forward(q * (q.shape[-1] ** 0.5), k, v, block_q, block_k, causal)
 
 
-def tile_step_without_mask(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    return forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, None)
-
-
-def tile_step_mask_is_required(q_tile, k_tile, v_tile, m, l, acc, scale, mask):
-    return forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, mask)
+def flash_forward_whole_matrix(q, k, v, block_q=64, block_k=64, causal=False):
+    """Right values, but one tile as large as the whole sequence whatever it is asked."""
+    return flash_forward(q, k, v, q.shape[-2], k.shape[-2], causal)
 
 
 @pytest.mark.parametrize(
@@ -51,9 +48,8 @@ def tile_step_mask_is_required(q_tile, k_tile, v_tile, m, l, acc, scale, mask):
         (flash_checks.check_online_softmax_update, online_softmax_without_rescaling, "wrong values"),
         (flash_checks.check_online_softmax_update, online_softmax_returning_a_list_of_two, "tuple"),
         (flash_checks.check_online_softmax_update_edge_cases, online_softmax_with_nan_rows, "nan"),
-        (flash_checks.check_forward_tile_step, tile_step_unscaled, "wrong values"),
-        (flash_checks.check_forward_tile_step, tile_step_without_mask, "wrong values"),
-        (flash_checks.check_forward_tile_step, tile_step_mask_is_required, "missing 1 required"),
+        (flash_checks.check_flash_forward, flash_forward_unscaled, "wrong values"),
+        (flash_checks.check_flash_forward_tiles, flash_forward_whole_matrix, "more than a tile"),
         (flash_checks.check_causal_tile_skip, lambda q_start, q_end, k_start: k_start > q_end, "should be True"),
         (flash_checks.check_causal_tile_skip, lambda q_start, q_end, k_start: k_start > q_start, "should be False"),
         (flash_checks.check_causal_tile_skip, lambda q_start, q_end, k_start: int(k_start >= q_end), "Python bool"),
@@ -81,8 +77,8 @@ def test_same_seed_same_inputs():
 
 
 def test_failure_messages_name_the_call_and_the_seed():
-    with pytest.raises(AssertionError, match=r"forward_tile_step\(q_tile, k_tile, v_tile, m, l, acc, scale=.*\(seed 13\)"):
-        flash_checks.check_forward_tile_step(tile_step_unscaled, seed=13)
+    with pytest.raises(AssertionError, match=r"flash_forward\(q, k, v, block_q=.*\(seed 13\)"):
+        flash_checks.check_flash_forward(flash_forward_unscaled, seed=13)
 
 
 # --------------------------------------------------------------------------- mistakes only extreme inputs, layouts, devices or calls show
@@ -98,10 +94,10 @@ from tests.mutants import flash as mutants  # noqa: E402
         (flash_checks.check_online_softmax_update, mutants.osu_renamed_arguments, "by keyword.*parameter names"),
         (flash_checks.check_online_softmax_update_edge_cases, mutants.osu_exp_separately, "thousands.*nan"),
         (flash_checks.check_online_softmax_update_edge_cases, mutants.osu_shift_by_tile_max, "nan"),
-        (flash_checks.check_forward_tile_step, mutants.fts_fill_made_on_cpu, "meta device"),
-        (flash_checks.check_forward_tile_step, mutants.fts_default_mask_on_cpu, "mask=None.*meta device"),
-        (flash_checks.check_forward_tile_step, mutants.fts_bmm_with_view, "non-contiguous"),
-        (flash_checks.check_forward_tile_step_edge_cases, mutants.fts_neginf_m_as_zero, "far below zero.*nan"),
+        (flash_checks.check_flash_forward_tiles, mutants.ff_no_causal_skip, "must be skipped"),
+        (flash_checks.check_flash_forward_tiles, mutants.ff_mask_every_tile_no_skip, "must be skipped"),
+        (flash_checks.check_flash_forward, mutants.ff_lse_is_m, "its lse"),
+        (flash_checks.check_flash_forward, mutants.ff_scales_q_in_place, "in place"),
         (flash_checks.check_causal_tile_skip, mutants.skip_returns_numpy_bool, r"got numpy\.bool"),
         (flash_checks.check_causal_tile_skip, lambda q_start, q_end, k_end: k_end > q_end - 1, "by keyword"),
     ],
@@ -123,7 +119,7 @@ def test_a_list_is_not_the_tuple_the_docstring_asks_for():
     with pytest.raises(AssertionError, match="should return a tuple .* got list"):
         flash_checks.check_online_softmax_update(lambda *a: list(online_softmax_update(*a)))
     with pytest.raises(AssertionError, match="should return a tuple .* got list"):
-        flash_checks.check_forward_tile_step(lambda *a, **k: list(forward_tile_step(*a, **k)))
+        flash_checks.check_flash_forward(lambda *a, **k: list(flash_forward(*a, **k)))
 
 
 def test_the_state_of_the_first_tile_in_the_thousands_chain_is_folded_step_by_step():
@@ -170,13 +166,24 @@ def osu_with_a_python_branch(m, l, acc, scores, v):
     return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
 
 
-def fts_with_where_and_reshape(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Masks with torch.where and a Python -inf, flattens with reshape for bmm."""
-    q3, k3 = q_tile.reshape(-1, *q_tile.shape[-2:]), k_tile.reshape(-1, *k_tile.shape[-2:])
-    s = torch.bmm(q3, k3.transpose(1, 2)).reshape(*q_tile.shape[:-1], k_tile.shape[-2]) * scale
-    if mask is not None:
-        s = torch.where(mask, s, float("-inf"))
-    return online_softmax_update(m, l, acc, s, v_tile)
+def ff_with_einsum_and_continue(q, k, v, block_q=64, block_k=64, causal=False):
+    """einsum for the products, torch.where for the mask, continue (not break) past the skipped tiles, preallocated outputs."""
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    o, lse = q.new_empty(*q.shape[:-1], v.shape[-1]), q.new_empty(q.shape[:-1])
+    for qs in range(0, n_q, block_q):
+        qe = min(n_q, qs + block_q)
+        m = torch.full(q.shape[:-2] + (qe - qs,), float("-inf"), dtype=q.dtype)
+        l, acc = torch.zeros_like(m), q.new_zeros(*m.shape, v.shape[-1])
+        for ks in range(0, n_k, block_k):
+            if causal and ks >= qe:
+                continue
+            ke = min(n_k, ks + block_k)
+            s = torch.einsum("...qe,...ke->...qk", q[..., qs:qe, :], k[..., ks:ke, :]) / q.shape[-1] ** 0.5
+            if causal:
+                s = torch.where(torch.arange(ks, ke) <= torch.arange(qs, qe)[:, None], s, float("-inf"))
+            m, l, acc = online_softmax_update(m, l, acc, s, v[..., ks:ke, :])
+        o[..., qs:qe, :], lse[..., qs:qe] = acc / l[..., None], m + l.log()
+    return o, lse
 
 
 @pytest.mark.parametrize("name,fn", [("nan_to_num", osu_with_nan_to_num), ("python branch", osu_with_a_python_branch)])
@@ -185,11 +192,36 @@ def test_other_right_online_softmax_updates_pass(name, fn):
     flash_checks.check_online_softmax_update_edge_cases(fn)
 
 
-def test_another_right_forward_tile_step_passes():
-    flash_checks.check_forward_tile_step(fts_with_where_and_reshape)
-    flash_checks.check_forward_tile_step_edge_cases(fts_with_where_and_reshape)
+def test_another_right_flash_forward_passes():
+    flash_checks.check_flash_forward(ff_with_einsum_and_continue, n_cases=6)
+
+
+def test_the_score_tiles_counted_are_those_on_or_below_the_diagonal():
+    assert flash_checks._expected_score_pairs(512, 512, 64, 64, True) == (512 * 512 // 2 + 8 * 64 * 64 // 2, 36)
+    assert flash_checks._expected_score_pairs(10, 10, 4, 4, False) == (100, 9)
 
 
 def test_a_skip_written_as_k_start_at_or_after_q_end_passes():
     flash_checks.check_causal_tile_skip(lambda q_start, q_end, k_start: k_start >= q_end)
     flash_checks.check_causal_tile_skip_in_attention(lambda q_start, q_end, k_start: bool(k_start - q_end >= 0))
+
+
+# --------------------------------------------------------------------------- graded: the learner's function lives in a sandbox
+
+
+def test_graded_in_a_sandbox_the_score_tiles_are_counted_where_the_answer_runs():
+    """The grader cannot see the operators the sandbox runs: the count runs next to the answer and comes back as data."""
+    import inspect
+
+    from course_lib.autograde import RemoteFunction
+    from course_lib.sandbox import Sandbox
+    from tests import answers
+    from tests.mutants import flash as mutants
+
+    solution = next(answer for _, _, name, answer, _ in answers.graded_cells() if name == "flash_forward")
+    wrong = "\n\n".join(inspect.getsource(f) for f in (mutants._ff, mutants.ff_mask_every_tile_no_skip))
+    with Sandbox(timeout=120) as sandbox:
+        assert sandbox.run_cell("import math\nimport torch\n\n" + solution + "\n\n" + wrong).ok
+        flash_checks.check_flash_forward_tiles(RemoteFunction(sandbox, "flash_forward"), seed=0)
+        with pytest.raises(AssertionError, match="Tiles above the diagonal must be skipped"):
+            flash_checks.check_flash_forward_tiles(RemoteFunction(sandbox, "ff_mask_every_tile_no_skip"), seed=0)

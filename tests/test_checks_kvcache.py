@@ -61,8 +61,9 @@ def test_check_rejects_a_wrong_answer_with_a_useful_message(check, wrong, messag
 def test_every_mutant_fails_some_check(grade_id):
     checks = {
         "test_repeat_kv": (kv_checks.check_repeat_kv, kv_checks.check_repeat_kv_against_transformers),
-        "test_kv_cache_bytes_from_config": (kv_checks.check_kv_cache_bytes_from_config,
-                                            kv_checks.check_kv_cache_bytes_from_config_against_transformers),
+        "test_generate_with_static_cache": (kv_checks.check_generate_with_static_cache,
+                                            kv_checks.check_generate_with_static_cache_against_transformers),
+        "test_predict_gqa8_cache_shrink": (kv_checks.check_predict_gqa8_cache_shrink,),
         "test_cached_attention_step": (kv_checks.check_cached_attention_step,
                                        kv_checks.check_cached_attention_step_decodes_like_full_attention),
     }[grade_id]
@@ -173,3 +174,101 @@ def test_a_step_with_its_own_stable_softmax_passes():
 
     kv_checks.check_cached_attention_step(step)
     kv_checks.check_cached_attention_step_decodes_like_full_attention(step)
+
+
+def test_every_config_mutant_fails_the_config_checks():
+    for name, wrong in mutants.CONFIG_MUTANTS.items():
+        failures = 0
+        for check in (kv_checks.check_kv_cache_bytes_from_config, kv_checks.check_kv_cache_bytes_from_config_against_transformers):
+            try:
+                check(wrong)
+            except Exception:  # noqa: BLE001
+                failures += 1
+        assert failures, f"{name} passes the checks of kv_cache_bytes_from_config"
+
+
+def _static_generate_sdpa(model, input_ids, max_new_tokens):
+    """Another right answer: one buffer per layer from torch.empty, SDPA with enable_gqa, the last token fed too."""
+    from course_lib import kvcache
+
+    import torch.nn.functional as F
+
+    c = model.config
+    batch, prompt_len = input_ids.shape
+    total = prompt_len + max_new_tokens
+    keys = [torch.empty(batch, c.n_kv_heads, total, c.head_dim, dtype=torch.float64) for _ in range(c.n_layers)]
+    values = [torch.empty_like(k) for k in keys]
+    ids = input_ids.clone()
+    start, new = 0, input_ids
+    with torch.no_grad():
+        for _ in range(max_new_tokens):
+            end = start + new.shape[1]
+            positions = torch.arange(start, end)
+            x = model.embed(new)
+            for layer in range(c.n_layers):
+                q, k, v = kvcache.layer_qkv(model, layer, x, positions)
+                keys[layer][:, :, start:end], values[layer][:, :, start:end] = k, v
+                mask = positions[:, None] >= torch.arange(end)[None, :]
+                out = F.scaled_dot_product_attention(q, keys[layer][:, :, :end], values[layer][:, :, :end], attn_mask=mask,
+                                                     enable_gqa=c.n_kv_heads != c.n_heads)
+                x = kvcache.layer_output(model, layer, x, out)
+            token = model.lm_head(model.norm(x))[:, -1].argmax(-1, keepdim=True)
+            ids = torch.cat([ids, token], dim=1)    # growing the ids (not the cache) is fine
+            start, new = end, token
+    return ids
+
+
+def test_other_right_static_generators_pass():
+    kv_checks.check_generate_with_static_cache(_static_generate_sdpa)
+    kv_checks.check_generate_with_static_cache_against_transformers(_static_generate_sdpa)
+
+
+@pytest.mark.parametrize("wrong,message", [
+    (mutants.static_recomputes_everything, "fed .* tokens per sequence"),
+    (mutants.static_grows_by_cat, "grew a cache by concatenation"),
+    (mutants.static_tiles_kv_heads, "should be"),
+    (mutants.static_new_tokens_only, "the prompt and the new tokens"),
+])
+def test_static_cache_check_says_what_is_wrong(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        kv_checks.check_generate_with_static_cache(wrong)
+
+
+def test_layer_helpers_rebuild_the_model_forward():
+    from course_lib import models, kvcache
+
+    torch.manual_seed(0)
+    model = models.DecoderLM(models.DecoderConfig(vocab_size=30, d_model=32, n_heads=4, n_kv_heads=2, d_ff=48)).double()
+    ids = torch.randint(0, 30, (2, 5))
+    x, positions = model.embed(ids), torch.arange(5)
+    mask = positions[:, None] >= positions[None, :]
+    for layer in range(model.config.n_layers):
+        q, k, v = kvcache.layer_qkv(model, layer, x, positions)
+        out = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask, enable_gqa=True)
+        x = kvcache.layer_output(model, layer, x, out)
+    torch.testing.assert_close(model.lm_head(model.norm(x)), model(ids))
+    with pytest.raises(ValueError, match="positions"):
+        kvcache.layer_qkv(model, 0, x, torch.arange(4))
+    with pytest.raises(ValueError, match="attn_out"):
+        kvcache.layer_output(model, 0, x, q[:, :2])
+
+
+def test_graded_in_a_sandbox_the_cache_watch_runs_where_the_answer_runs():
+    """The grader sees neither the sandbox's operators nor the hooks of its copy of the model: the watch and the
+    token counter run next to the answer, and what they saw comes back as data."""
+    import inspect
+
+    from course_lib.autograde import RemoteFunction
+    from course_lib.sandbox import Sandbox
+    from tests import answers
+
+    solution = next(answer for _, _, name, answer, _ in answers.graded_cells() if name == "generate_with_static_cache")
+    wrong = "\n\n".join(inspect.getsource(f) for f in (mutants._static_generate, mutants.static_grows_by_cat,
+                                                         mutants.static_recomputes_everything))
+    with Sandbox(timeout=120) as sandbox:
+        assert sandbox.run_cell("import math\nimport torch\nimport torch.nn.functional as F\n\n" + solution + "\n\n" + wrong).ok
+        kv_checks.check_generate_with_static_cache(RemoteFunction(sandbox, "generate_with_static_cache"), seed=0)
+        with pytest.raises(AssertionError, match="grew a cache by concatenation"):
+            kv_checks.check_generate_with_static_cache(RemoteFunction(sandbox, "static_grows_by_cat"), seed=0)
+        with pytest.raises(AssertionError, match="tokens per sequence through the layers"):
+            kv_checks.check_generate_with_static_cache(RemoteFunction(sandbox, "static_recomputes_everything"), seed=0)

@@ -36,6 +36,9 @@ WRONG = [
     (attention_checks.check_causal_mask, attention_mutants.causal_mask_half_precision_positions, r"causal_mask\(2100, 2060\).*wrong entries"),
     (attention_checks.check_multi_head_attention, attention_mutants.mha_causal_by_default, r"without is_causal \(its default is False\)"),
     (attention_checks.check_multi_head_attention, attention_mutants.mha_causal_mask_on_the_cpu, r"meta device.*mixes devices"),
+    (attention_checks.check_predict_equal_weights, attention_mutants.predict_weights_bool, r"should return a number.*got bool"),
+    (attention_checks.check_predict_equal_weights, attention_mutants.predict_weights_uniform_percent, r"returned 12\.5, not within 1%.*equal exponentials"),
+    (attention_checks.check_predict_score_growth, attention_mutants.predict_growth_linear, r"returned 2, not within 1%.*ordered pair"),
     (tokenizer_checks.check_merge_pair_edge_cases, models_mutants.merge_until_no_pair_left, r"\('a', 'b', 'b'\).*should be \('a', 'b'\), got \('a',\)"),
     (tokenizer_checks.check_merge_pair_edge_cases, models_mutants.merge_with_regex_on_spaces, r"'x y'.*should be"),
     (tokenizer_checks.check_merge_pair_edge_cases, models_mutants.merge_compares_with_is, r"should be"),
@@ -50,6 +53,10 @@ WRONG = [
     (models_checks.check_greedy_generate_edge_cases, models_mutants.generate_stops_at_eos_two, r"stopped after \d+ new tokens.*no end-of-sequence rule"),
     (models_checks.check_greedy_generate_edge_cases, models_mutants.generate_argmax_in_bfloat16, r"beats id \d+ by 0\.01 in the float32 logits"),
     (models_checks.check_greedy_generate_edge_cases, models_mutants.generate_in_the_prompt_dtype, r"int32 non-contiguous.*dtype torch\.int64, got torch\.int32"),
+    (models_checks.check_decoder_block, models_mutants.block_rope_on_values, r"decoder_block\(x \(.*n_kv_heads=.*returns wrong values"),
+    (models_checks.check_decoder_block, models_mutants.block_norm_without_eps, r"eps=.*returns wrong values"),
+    (models_checks.check_predict_uniform_loss, models_mutants.uniform_loss_log2, r"not within 0\.01.*natural log"),
+    (models_checks.check_predict_block_params_millions, models_mutants.block_params_kv_like_q, r"not within 1%.*n_kv_heads"),
 ]
 
 
@@ -171,6 +178,31 @@ def greedy_generate_with_topk(model, input_ids, max_new_tokens):
     return out
 
 
+
+def decoder_block_by_hand(x, weights, n_heads, n_kv_heads, eps=1e-6, theta=10000.0):
+    """Its own rotary angles, F.rms_norm, an explicit softmax with a -inf mask, and grouped heads by reshaping."""
+    batch, length, d = x.shape
+    hd, group = d // n_heads, n_heads // n_kv_heads
+    inv = theta ** (-torch.arange(0, hd, 2, dtype=torch.float32) / hd)
+    angles = torch.arange(length, dtype=torch.float32)[:, None] * inv
+    cos, sin = angles.cos().repeat(1, 2).to(x.dtype), angles.sin().repeat(1, 2).to(x.dtype)
+
+    def rope(t):
+        t1, t2 = t[..., : hd // 2], t[..., hd // 2 :]
+        return t * cos + torch.cat([-t2, t1], dim=-1) * sin
+
+    h = F.rms_norm(x, (d,), weights["attn_norm.weight"], eps)
+    q = rope(F.linear(h, weights["attn.q_proj.weight"]).reshape(batch, length, n_kv_heads, group, hd).permute(0, 2, 3, 1, 4))
+    k = rope(F.linear(h, weights["attn.k_proj.weight"]).reshape(batch, length, n_kv_heads, 1, hd).permute(0, 2, 3, 1, 4))
+    v = F.linear(h, weights["attn.v_proj.weight"]).reshape(batch, length, n_kv_heads, 1, hd).permute(0, 2, 3, 1, 4)
+    scores = q @ k.transpose(-1, -2) / math.sqrt(hd)
+    scores = scores.masked_fill(torch.ones(length, length, dtype=torch.bool).triu(1), float("-inf"))
+    out = (scores.softmax(dim=-1) @ v).permute(0, 3, 1, 2, 4).reshape(batch, length, d)
+    x = x + F.linear(out, weights["attn.o_proj.weight"])
+    h = F.rms_norm(x, (d,), weights["mlp_norm.weight"], eps)
+    return x + F.linear(F.silu(F.linear(h, weights["mlp.gate_proj.weight"])) * F.linear(h, weights["mlp.up_proj.weight"]),
+                        weights["mlp.down_proj.weight"])
+
 HONEST = [
     ((basics_checks.check_tensor_bytes, basics_checks.check_tensor_bytes_edge_cases), tensor_bytes_nbytes),
     ((basics_checks.check_tensor_bytes, basics_checks.check_tensor_bytes_edge_cases), tensor_bytes_from_the_shape),
@@ -183,6 +215,7 @@ HONEST = [
     ((models_checks.check_next_token_loss, models_checks.check_next_token_loss_edge_cases), next_token_loss_with_cross_entropy),
     ((models_checks.check_mlm_mask, models_checks.check_mlm_mask_edge_cases), mlm_mask_with_bernoulli),
     ((models_checks.check_greedy_generate, models_checks.check_greedy_generate_edge_cases), greedy_generate_with_topk),
+    ((models_checks.check_decoder_block, models_checks.check_decoder_block_edge_cases), decoder_block_by_hand),
 ]
 
 

@@ -133,3 +133,76 @@ def test_failure_messages_name_the_seed():
         memory_checks.check_kv_cache_bytes(mm.kv_bytes_keys_only, seed=5)
     with pytest.raises(AssertionError, match=r"\(seed 5\)"):
         quant_checks.check_blockwise_int4(fm.int4_scales_float32, seed=5)
+
+
+# lesson 03: the capstone, activation_bytes
+
+
+@pytest.mark.parametrize(
+    "wrong,message",
+    [
+        (mm.activation_no_probs, r"activation_bytes\(ModelShape\(.*attention='eager'.*\(seed \d+\) should be"),
+        (mm.activation_kv_as_heads, r"attention='sdpa', .* should be"),
+        (mm.activation_no_recompute, r"checkpointing=True\) \(seed \d+\) should be"),
+        (mm.activation_accepts_bool, r"\(batch_size True\) should raise ValueError"),
+        (mm.activation_float, r"should return a Python int, got float"),
+    ],
+)
+def test_activation_check_rejects_a_wrong_answer_with_a_useful_message(wrong, message):
+    with pytest.raises(AssertionError, match=message):
+        memory_checks.check_activation_bytes(wrong)
+
+
+def test_activation_solution_passes_with_any_seed_and_matches_the_measurement():
+    solution = answers.solution_function("activation_bytes")
+    for seed in (0, 1, 2**31 - 1):
+        memory_checks.check_activation_bytes(solution, seed=seed)
+    memory_checks.check_activation_bytes_against_measurement(solution)
+
+
+def test_activation_measurement_check_names_the_measured_bytes():
+    with pytest.raises(AssertionError, match=r"saves [\d,]+ bytes for backward on the CPU"):
+        memory_checks.check_activation_bytes_against_measurement(mm.activation_no_probs)
+
+
+# lesson 04's capstone: packed int4 with zero points
+
+def _packed(name):
+    pair = fm.MUTANTS["test_int4_packed"][name]
+    return pair["quantize_int4_packed"], pair["dequantize_int4_packed"]
+
+
+@pytest.mark.parametrize(
+    "check,mutant,message",
+    [
+        (quant_checks.check_int4_packed, "swapped_in_pack_only", r"nibbles are swapped: code 2j belongs in the LOW nibble"),
+        (quant_checks.check_int4_packed, "swapped_both", r"nibbles are swapped"),
+        (quant_checks.check_int4_packed, "symmetric_16_levels", r"the scales of quantize_int4_packed"),
+        (quant_checks.check_int4_packed, "zero_not_rounded", r"the zero points of quantize_int4_packed"),
+        (quant_checks.check_int4_packed_edge_cases, "no_clamp", r"clamp to 15\).*the codes .* differ"),
+        (quant_checks.check_int4_packed_edge_cases, "scale_nan", r"group of zeros.*scale holds NaN"),
+        (quant_checks.check_int4_packed_edge_cases, "scale_eps", r"the scales of .*group of zeros"),
+        (quant_checks.check_int4_packed_edge_cases, "no_odd_check", r"odd number of inputs \(7\) should raise ValueError"),
+        (quant_checks.check_int4_packed, "float16_scale", r"scale should be a torch.float32 tensor"),
+        (quant_checks.check_int4_packed, "dequantize_ignores_zero", r"dequantize_int4_packed\(packed, scale, zero, \d+\) after"),
+    ],
+)
+def test_int4_packed_check_rejects_a_wrong_answer_with_a_useful_message(check, mutant, message):
+    with pytest.raises(AssertionError, match=message):
+        check(*_packed(mutant))
+
+
+def test_int4_packed_reference_matches_course_lib_int4():
+    """The checks' reference stores the bytes as course_lib.int4 does, and its grid is course_lib.gptq's (scale 0 aside)."""
+    from course_lib import gptq, int4
+
+    w = torch.randn(6, 128, generator=torch.Generator().manual_seed(0))
+    packed, scale, zero = quant_checks.reference_int4_packed(w, 32)
+    codes, ref_scale, ref_zero = gptq.rtn_codes(w, 4, 32)
+    assert torch.equal(int4.unpack(int4.Int4Weight(packed, scale.half(), zero, 32)), codes)
+    assert torch.allclose(scale.double(), ref_scale, rtol=1e-6) and torch.equal(zero.double(), ref_zero)
+    solution = (answers.solution_function("quantize_int4_packed"), answers.solution_function("dequantize_int4_packed"))
+    for seed in (0, 1, 2**31 - 1):
+        quant_checks.check_int4_packed(*solution, seed=seed)
+    with pytest.raises(AssertionError, match=r"\(seed 5\)"):
+        quant_checks.check_int4_packed(*_packed("zero_not_rounded"), seed=5)

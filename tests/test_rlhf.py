@@ -297,6 +297,40 @@ def test_a_short_reward_model_run_learns_the_rule_beyond_chance(tokenizer, sft, 
         rlhf.reward_accuracy(model, tokenizer, data["validation"], against="truth")
 
 
+def test_agreement_reads_every_accuracy_from_one_scoring_of_the_pairs(tokenizer, sft, data):
+    model = rlhf.RewardModel(copy.deepcopy(sft))
+    with torch.no_grad():
+        model.head.weight.normal_(0, 0.1, generator=torch.Generator().manual_seed(0))
+    pairs = data["validation"][:150]
+    wins = rlhf.chosen_wins(model, tokenizer, pairs, batch_size=64)
+    assert wins.dtype == torch.bool and wins.shape == (150,)
+    for against in ("rule", "labels"):
+        assert rlhf.agreement(wins, pairs, against) == rlhf.reward_accuracy(model, tokenizer, pairs, against)
+    flipped = torch.tensor([p.flipped for p in pairs])
+    assert rlhf.agreement(flipped, pairs, "rule") == 0.0 and rlhf.agreement(~flipped, pairs, "rule") == 1.0
+    assert rlhf.agreement(wins[:10], pairs[:10]) == rlhf.reward_accuracy(model, tokenizer, pairs[:10])
+    with pytest.raises(ValueError, match="against must be 'rule' or 'labels'"):
+        rlhf.agreement(wins, pairs, against="truth")
+    with pytest.raises(ValueError, match="one win per pair"):
+        rlhf.agreement(wins[:3], pairs)
+
+
+def test_the_judge_gives_the_sft_weights_its_baseline_and_any_other_weights_their_own_answers(tokenizer, sft):
+    facts = rlhf.question_facts()["heldout"][:24]
+    judge = rlhf.Judge.against(sft, tokenizer, facts)
+    copy_of_sft = copy.deepcopy(sft)
+    assert judge.is_baseline(copy_of_sft) and judge.answers(copy_of_sft) == judge.baseline
+    assert judge.evaluate(copy_of_sft) == {"win_rate": 0.5, "truthful": rlhf.truthful_rate(judge.baseline, facts),
+                                           "words": rlhf.mean_words(judge.baseline)}
+    changed = copy.deepcopy(sft)
+    with torch.no_grad():
+        next(changed.parameters()).add_(0.5)
+    assert not judge.is_baseline(changed)
+    assert judge.answers(changed) == rlhf.greedy_answers(changed, tokenizer, [rlhf.question(f) for f in facts])
+    plain = rlhf.Judge(tokenizer, facts, judge.baseline)  # made without the weights: always generates
+    assert not plain.is_baseline(copy_of_sft) and plain.answers(copy_of_sft) == judge.baseline
+
+
 def test_ppo_dpo_and_grpo_run_record_what_they_measured_and_leave_the_reference_alone(tokenizer, sft, data):
     facts = rlhf.question_facts()
     reference = {k: v.clone() for k, v in sft.state_dict().items()}

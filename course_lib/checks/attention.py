@@ -312,3 +312,46 @@ def check_multi_head_attention_against_torch(mha) -> None:
             expected, _ = torch_mha(x, x, x, attn_mask=mask, need_weights=False)
         what = f"mha with d_model=32, n_heads=8, seq 11, is_causal={is_causal}, against torch.nn.MultiheadAttention"
         expect_tensor(call(mha, x, w_q, w_k, w_v, w_o, n_heads, is_causal=is_causal, what=what), expected, what)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def _expect_prediction(name: str, got, expected: float, rel: float, advice: str) -> None:
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise AssertionError(f"{name}() should return a number (an int or a float), got {type(got).__name__} ({got!r})")
+    if not math.isfinite(got) or not abs(got - expected) <= rel * abs(expected):
+        raise AssertionError(f"{name}() returned {got}, not within {rel:.0%} of the value the lesson computes: {advice}")
+
+
+PREDICT_EQUAL_WEIGHTS = Rules(
+    "predict_equal_weights", modules=("course_lib.attention",),
+    functions=("torch.softmax", "torch.Tensor.softmax", "torch.nn.functional.softmax", "torch.special.softmax"),
+    why="A prediction is a number you work out before running the lesson's cells, not computed with a softmax.",
+)
+
+
+def check_predict_equal_weights(predict_equal_weights) -> None:
+    """The prediction: the weight softmax gives each of 8 equal scores, within 1%."""
+    expected = float(ref.softmax(torch.full((8,), 2.5, dtype=torch.float64))[0])
+    got = watched(predict_equal_weights, PREDICT_EQUAL_WEIGHTS)()
+    _expect_prediction("predict_equal_weights", got, expected, 0.01,
+                       "equal scores give equal exponentials; what fraction of their sum is each one?")
+
+
+PREDICT_SCORE_GROWTH = Rules(
+    "predict_score_growth", modules=("course_lib.attention",),
+    why="A prediction is a number you work out before running the lesson's cells, not computed with the course's code.",
+)
+
+
+def check_predict_score_growth(predict_score_growth) -> None:
+    """The prediction: how many times the self-attention weight matrix grows when the sentence doubles, within 1%."""
+    def n_scores(n):
+        x = torch.zeros(n, 2)
+        return ref.attention_with_weights(x, x, x)[1].numel()
+
+    expected = n_scores(8) / n_scores(4)
+    got = watched(predict_score_growth, PREDICT_SCORE_GROWTH)()
+    _expect_prediction("predict_score_growth", got, expected, 0.01,
+                       "self-attention scores every ordered pair of tokens (each with itself too); count the pairs for n and 2n")

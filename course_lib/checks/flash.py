@@ -13,6 +13,7 @@ import math
 
 import torch
 import torch.nn.functional as F
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from course_lib import flash as ref
 from course_lib.attention import causal_mask
@@ -27,11 +28,6 @@ _FLASH = ("course_lib.flash", "course_lib.kernels")
 ONLINE_SOFTMAX_UPDATE = Rules(
     "online_softmax_update", modules=_FLASH,
     why="The exercise is to write the update of (m, l, acc) yourself, without course_lib.flash.",
-)
-FORWARD_TILE_STEP = Rules(
-    "forward_tile_step", modules=_FLASH,
-    functions=("torch.nn.functional.scaled_dot_product_attention",), ops=("aten._scaled_dot_product*",),
-    why="The exercise is to write the tile step yourself, without course_lib.flash or F.scaled_dot_product_attention.",
 )
 CAUSAL_TILE_SKIP = Rules("causal_tile_skip", modules=_FLASH, why="The exercise is to write the test yourself, without course_lib.flash.")
 
@@ -262,152 +258,6 @@ def _check_masked_and_huge_tiles(online_softmax_update, dtype) -> None:
         state = expected
 
 
-# --------------------------------------------------------------------------- one tile of the forward pass
-
-
-def _random_scale(gen, e: int) -> float:
-    """A score scale clearly unlike both 1 and 1/sqrt(E), so that forgetting the argument shows."""
-    low = bool(torch.rand(1, generator=gen) < 0.5)
-    c = float(torch.empty(1, dtype=torch.float64).uniform_(*((0.3, 0.7) if low else (1.4, 2.0)), generator=gen))
-    scale = c / math.sqrt(e)
-    return scale if abs(scale - 1.0) > 0.1 else scale * 0.5
-
-
-def check_forward_tile_step(forward_tile_step, seed: int | None = None, n_cases: int = 12) -> None:
-    """``forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None)`` against the reference, then folded.
-
-    Random shapes, float32 and float64, the first and later tiles, a scale that is neither
-    1 nor ``1/sqrt(E)``, no mask and random boolean masks (some rows allowed no key at all).
-    Then arguments by keyword and by position, non-contiguous inputs, inputs on another device
-    (meta), and a whole attention computed tile by tile with the function and compared with
-    ``torch.nn.functional.scaled_dot_product_attention``, causal and not.
-    """
-    forward_tile_step = watched(forward_tile_step, FORWARD_TILE_STEP)
-    gen, seed = new_generator(seed)
-    for case in range(n_cases):
-        dtype = _DTYPES[case % 2]
-        batch_shape = tuple(randint(gen, 1, 3) for _ in range(randint(gen, 0, 2)))
-        bq, bk, e, ev = randint(gen, 1, 6), randint(gen, 1, 6), randint(gen, 1, 9), randint(gen, 1, 5)
-        q = _randn(gen, *batch_shape, bq, e, dtype=dtype) * 2
-        k = _randn(gen, *batch_shape, bk, e, dtype=dtype) * 2
-        v = _randn(gen, *batch_shape, bk, ev, dtype=dtype)
-        first = case % 3 == 0
-        state = _initial_state(batch_shape, bq, ev, dtype) if first else _random_state(gen, batch_shape, bq, ev, dtype)
-        scale = _random_scale(gen, e)
-        mask = None
-        if case % 4 != 0:
-            mask = torch.rand(bq, bk, generator=gen) < 0.6
-            if case % 4 == 3:
-                mask[randint(gen, 0, bq - 1)] = False  # one query may see no key of this tile
-        what = (
-            f"forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale={scale:.4f}, mask) with q_tile {tuple(q.shape)}, "
-            f"k_tile {tuple(k.shape)}, v_tile {tuple(v.shape)}, {dtype}, mask {'None' if mask is None else mask.int().tolist()}, "
-            f"{'the first tile' if first else 'a later tile'} (seed {seed})"
-        )
-        got = call(forward_tile_step, q, k, v, *state, scale, mask=mask, what=what)
-        _expect_state(got, ref.forward_tile_step(q, k, v, *state, scale, mask), what, **_tolerances(dtype, loose=True))
-    q, k, v = (_randn(gen, 2, 3, 4, dtype=torch.float32) for _ in range(3))
-    state = _initial_state((2,), 3, 4, torch.float32)
-    what = "forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, 0.5) called without mask"
-    _expect_state(call(forward_tile_step, q, k, v, *state, 0.5, what=what), ref.forward_tile_step(q, k, v, *state, 0.5), what, **_tolerances(torch.float32, True))
-    for dtype in _DTYPES:
-        _check_tile_conventions(forward_tile_step, gen, seed, dtype)
-    for case in range(4):
-        _check_tiled_attention(forward_tile_step, gen, seed, dtype=_DTYPES[case % 2], is_causal=case >= 2)
-
-
-def _check_tile_conventions(forward_tile_step, gen, seed, dtype) -> None:
-    """Arguments by keyword and by position, non-contiguous inputs, and the input's device kept (meta stands in for a GPU)."""
-    batch_shape = (randint(gen, 2, 3), randint(gen, 2, 3))
-    bq, bk, e, ev = randint(gen, 2, 5), randint(gen, 2, 5), randint(gen, 2, 6), randint(gen, 2, 4)
-    q, k = _randn(gen, *batch_shape, bq, e, dtype=dtype) * 2, _randn(gen, *batch_shape, bk, e, dtype=dtype) * 2
-    v = _randn(gen, *batch_shape, bk, ev, dtype=dtype)
-    state = _random_state(gen, batch_shape, bq, ev, dtype)
-    scale, mask = _random_scale(gen, e), torch.rand(bq, bk, generator=gen) < 0.6
-    tensors = (q, k, v, *state)
-    shapes = f"q_tile {tuple(q.shape)}, k_tile {tuple(k.shape)}, v_tile {tuple(v.shape)}, {dtype}, scale={scale:.4f}, mask {mask.int().tolist()} (seed {seed})"
-    expected, tol = ref.forward_tile_step(*tensors, scale, mask), _tolerances(dtype, loose=True)
-    names = ("q_tile", "k_tile", "v_tile", "m", "l", "acc")
-    what = f"forward_tile_step(q_tile=..., k_tile=..., v_tile=..., m=..., l=..., acc=..., scale=..., mask=...), every argument by keyword, with {shapes}"
-    got = call_explained(forward_tile_step, what=what, hint=_BY_KEYWORD, scale=scale, mask=mask, **dict(zip(names, tensors)))
-    _expect_state(got, expected, what, **tol)
-    what = f"forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, mask), every argument by position, with {shapes}"
-    _expect_state(call_explained(forward_tile_step, *tensors, scale, mask, what=what, hint="; the order is (q_tile, k_tile, v_tile, m, l, acc, scale, mask=None)"),
-                  expected, what, **tol)
-    what = (f"forward_tile_step(q_tile, k_tile, v_tile, m, l, acc, scale, mask=mask) with every tensor non-contiguous "
-            f"(strided, dims stored in reverse order), {shapes}")
-    got = call_explained(forward_tile_step, *(_non_contiguous(t) for t in tensors), scale, mask=_non_contiguous(mask), what=what, hint=_ANY_LAYOUT)
-    _expect_state(got, expected, what, **tol)
-    for m in (mask, None):
-        what = f"forward_tile_step(..., scale, mask={'a mask' if m is not None else 'None'}) with inputs on the meta device (standing in for a GPU), {shapes}"
-        expect_same_device(forward_tile_step, *on_meta(*tensors), scale, what=what, mask=None if m is None else on_meta(m)[0])
-
-
-def _check_tiled_attention(forward_tile_step, gen, seed, dtype, is_causal) -> None:
-    """A whole attention from ``forward_tile_step`` over every (query tile, key tile): equals SDPA."""
-    b, h, e = randint(gen, 1, 2), randint(gen, 1, 2), randint(gen, 2, 8)
-    n = randint(gen, 5, 24)
-    block_q, block_k = randint(gen, 2, 7), randint(gen, 2, 7)
-    q, k, v = (_randn(gen, b, h, n, e, dtype=dtype) for _ in range(3))
-    scale = 1.0 / math.sqrt(e)
-    what = (
-        f"attention computed tile by tile with your forward_tile_step: q, k, v {(b, h, n, e)}, {dtype}, "
-        f"tiles of {block_q} queries x {block_k} keys, is_causal={is_causal} (seed {seed})"
-    )
-    rows = []
-    for q_start in range(0, n, block_q):
-        q_end = min(n, q_start + block_q)
-        state = _initial_state((b, h), q_end - q_start, e, dtype)
-        for k_start in range(0, n, block_k):
-            k_end = min(n, k_start + block_k)
-            mask = causal_mask(q_end - q_start, k_end - k_start, offset=q_start - k_start) if is_causal else None
-            got = call(forward_tile_step, q[..., q_start:q_end, :], k[..., k_start:k_end, :], v[..., k_start:k_end, :],
-                       *state, scale, mask=mask, what=what)
-            state = _expect_triple(got, f"forward_tile_step in {what}")
-        m, l, acc = state
-        if type(l) is not torch.Tensor or type(acc) is not torch.Tensor:
-            raise AssertionError(f"{what}: forward_tile_step should return tensors (m, l, acc)")
-        rows.append(acc / l.unsqueeze(-1))
-    expect_tensor(torch.cat(rows, dim=-2), F.scaled_dot_product_attention(q, k, v, is_causal=is_causal), f"{what}: acc / l", **_tolerances(dtype, True))
-
-
-def check_forward_tile_step_edge_cases(forward_tile_step) -> None:
-    """Large scores, a query with no allowed key on the first tile, a scale of 1, a 1 x 1 tile.
-
-    Also: scores in the thousands in float64, a tiny scale, all-zero queries and keys, a fully
-    masked tile after a finite state, and a first tile whose scores are all far below zero.
-    """
-    forward_tile_step = watched(forward_tile_step, FORWARD_TILE_STEP)
-    gen, _ = new_generator(5)
-    q = _randn(gen, 3, 8, dtype=torch.float32) * 30
-    k = _randn(gen, 4, 8, dtype=torch.float32) * 30
-    v = _randn(gen, 4, 2, dtype=torch.float32)
-    fresh = _initial_state((), 3, 2, torch.float32)
-    mask = torch.tensor([[True, False, True, True], [False, False, False, False], [True, True, True, True]])
-    cases = [
-        ("scores in the hundreds", q, k, v, fresh, 1 / math.sqrt(8), None),
-        ("a query that may see no key of the first tile (its m stays -inf, l and acc 0, no nan)", q / 30, k / 30, v, fresh, 0.35, mask),
-        ("scale = 1", q / 30, k / 30, v, fresh, 1.0, None),
-        ("a 1 x 1 tile in float64", q[:1, :].double() / 30, k[:1].double() / 30, v[:1].double(), _initial_state((), 1, 2, torch.float64), 0.25,
-         torch.tensor([[True]])),
-        ("scores in the thousands in float64", q.double(), k.double(), v.double(), _initial_state((), 3, 2, torch.float64), 1.0, None),
-        ("a tiny scale (1e-6: nearly equal weights)", q, k, v, fresh, 1e-6, None),
-        ("all-zero queries and keys (equal weights)", torch.zeros(3, 8), torch.zeros(4, 8), v, fresh, 0.35, None),
-        ("a tile whose keys are all masked, after a finite state (nothing may change)", q / 30, k / 30, v,
-         (torch.tensor([0.5, -1.0, 2.0]), torch.tensor([1.0, 2.5, 1.5]), torch.tensor([[1.0, 2.0], [-1.0, 0.5], [0.0, 3.0]])), 0.35,
-         torch.zeros(3, 4, dtype=torch.bool)),
-    ]
-    for dtype in _DTYPES:
-        far_q = torch.randint(20, 41, (3, 16), generator=gen).to(dtype)
-        far_k = -torch.randint(20, 41, (4, 16), generator=gen).to(dtype)
-        cases.append((f"a first tile whose scores are all far below zero (about -1600 to -6400), {dtype}", far_q, far_k, v.to(dtype),
-                      _initial_state((), 3, 2, dtype), 0.25, mask))
-    for name, qt, kt, vt, state, scale, m in cases:
-        what = f"forward_tile_step on {name}"
-        got = call(forward_tile_step, qt, kt, vt, *state, scale, mask=m, what=what)
-        _expect_state(got, ref.forward_tile_step(qt, kt, vt, *state, scale, m), what, **_tolerances(qt.dtype, True))
-
-
 # --------------------------------------------------------------------------- causal tile skipping
 
 
@@ -495,3 +345,215 @@ def check_causal_tile_skip_in_attention(causal_tile_skip, seed: int | None = Non
         if computed != needed:
             raise AssertionError(f"{what}: computed {computed} tiles, but only {needed} hold a pair that is not masked")
         expect_tensor(torch.cat(rows, dim=-2), F.scaled_dot_product_attention(q, k, v, is_causal=True, scale=0.5), what)
+
+
+# --------------------------------------------------------------------------- capstone: the whole forward pass
+
+
+FLASH_FORWARD = Rules(
+    "flash_forward", modules=_FLASH,
+    functions=("torch.nn.functional.scaled_dot_product_attention", "torch.softmax", "torch.Tensor.softmax",
+               "torch.nn.functional.softmax", "torch.special.softmax", "torch.logsumexp", "torch.Tensor.logsumexp",
+               "torch.special.logsumexp"),
+    ops=("aten._scaled_dot_product*", "aten._softmax", "aten._log_softmax", "aten._safe_softmax", "aten.logsumexp"),
+    allowed=("course_lib.checks.flash:_ScoreTiles",),
+    why=("The exercise is to write the tiled loop and its online softmax yourself, without course_lib.flash, "
+         "F.scaled_dot_product_attention, a softmax or logsumexp over whole rows."),
+)
+
+_CONTRACTIONS = {"mm": 0, "bmm": 0, "mv": 0, "dot": 0, "addmm": 1, "baddbmm": 1, "addbmm": 1, "addmv": 1}
+
+
+class _ScoreTiles(TorchDispatchMode):
+    """Records every matrix product whose inner dimension is the head dim ``e``: the score tiles ``Q_i K_j^T``.
+
+    The products ``P V`` sum over the keys of a tile instead, and the checks choose ``e`` larger
+    than any key tile, so they are never mistaken for scores. ``pairs`` counts (query, key)
+    scores per (batch, head); ``largest`` is the largest tile of scores made by one product.
+    """
+
+    def __init__(self, e: int, batch: int):
+        super().__init__()
+        self.e, self.batch, self.scores, self.products, self.largest = e, batch, 0, 0, 0
+
+    @property
+    def pairs(self) -> int:
+        return self.scores // self.batch
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        position = _CONTRACTIONS.get(func.overloadpacket.__name__)
+        if position is not None and isinstance(out, torch.Tensor) and len(args) > position:
+            left = args[position]
+            if isinstance(left, torch.Tensor) and left.dim() >= 1 and left.shape[-1] == self.e:
+                self.scores += out.numel()
+                self.products += 1
+                self.largest = max(self.largest, out.shape[-2] * out.shape[-1] if out.dim() >= 2 else out.numel())
+        return out
+
+
+def _expected_score_pairs(n_q: int, n_k: int, block_q: int, block_k: int, causal: bool) -> tuple[int, int]:
+    """(query, key) scores a tiled forward pass computes, and how many tiles: causal tiles above the diagonal are skipped."""
+    pairs = tiles = 0
+    for q_start in range(0, n_q, block_q):
+        q_end = min(n_q, q_start + block_q)
+        for k_start in range(0, n_k, block_k):
+            if causal and k_start > q_end - 1:
+                break
+            pairs += (q_end - q_start) * (min(n_k, k_start + block_k) - k_start)
+            tiles += 1
+    return pairs, tiles
+
+
+def _exact_attention(q, k, v, causal: bool):
+    """The output (SDPA) and the log-sum-exp of the scaled scores (in float64), for comparison."""
+    o = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+    scores = (q.double() @ k.double().transpose(-2, -1)) / math.sqrt(q.shape[-1])
+    if causal:
+        scores = scores.masked_fill(~causal_mask(q.shape[-2], k.shape[-2]), _NEG_INF)
+    return o, torch.logsumexp(scores, dim=-1).to(q.dtype)
+
+
+def _expect_forward(got, q, k, v, causal: bool, what: str) -> None:
+    if type(got) is not tuple or len(got) != 2:
+        size = f" of length {len(got)}" if isinstance(got, (tuple, list)) else ""
+        raise AssertionError(f"{what} should return a tuple (o, lse) of two tensors, got {type(got).__name__}{size}")
+    o, lse = _exact_attention(q, k, v, causal)
+    tol = _tolerances(q.dtype, loose=True)
+    expect_tensor(got[0], o, f"{what}: its output o (compared with F.scaled_dot_product_attention)", **tol)
+    expect_tensor(got[1], lse, f"{what}: its lse (compared with torch.logsumexp of the scaled scores, m + log(l))", **tol)
+
+
+def _forward_case(gen, dtype, causal: bool, block_q: int | None = None, block_k: int | None = None, same_length: bool = True):
+    lead = tuple(randint(gen, 1, 3) for _ in range(randint(gen, 0, 2)))
+    n_q = randint(gen, 1, 24)
+    n_k = n_q if same_length else randint(gen, 1, 24)
+    e, ev = randint(gen, 1, 9), randint(gen, 1, 6)
+    q, k = _randn(gen, *lead, n_q, e, dtype=dtype) * 2, _randn(gen, *lead, n_k, e, dtype=dtype) * 2
+    v = _randn(gen, *lead, n_k, ev, dtype=dtype)
+    pick = lambda n: (1 if n <= 10 else randint(gen, 3, 6), randint(gen, 2, 9), n + randint(gen, 0, 5))[randint(gen, 0, 2)]  # noqa: E731
+    return q, k, v, block_q or pick(n_q), block_k or pick(n_k)
+
+
+def check_flash_forward(flash_forward, seed: int | None = None, n_cases: int = 10) -> None:
+    """``flash_forward(q, k, v, block_q=64, block_k=64, causal=False)`` against SDPA and logsumexp, then its tiles counted.
+
+    Random leading dims, lengths that are not multiples of the tiles, tiles of 1 and tiles
+    longer than the sequence, queries and keys of different lengths, causal and not, float32
+    and float64, arguments by keyword, non-contiguous inputs; the inputs must not change.
+    Then the matrix products are watched: no product may make more than one tile of scores,
+    and a causal pass must compute exactly the tiles on or below the diagonal (the ``break``).
+    """
+    flash_forward = watched(flash_forward, FLASH_FORWARD)
+    gen, seed = new_generator(seed)
+    for case in range(n_cases):
+        dtype, causal = _DTYPES[case % 2], case % 4 >= 2
+        q, k, v, block_q, block_k = _forward_case(gen, dtype, causal, same_length=case % 3 != 2)
+        what = (f"flash_forward(q, k, v, block_q={block_q}, block_k={block_k}, causal={causal}) with q {tuple(q.shape)}, "
+                f"k {tuple(k.shape)}, v {tuple(v.shape)}, {dtype} (seed {seed})")
+        got = call_explained(flash_forward, q, k, v, block_q, block_k, causal, what=what,
+                             hint="; the order is (q, k, v, block_q=64, block_k=64, causal=False)")
+        _expect_forward(got, q, k, v, causal, what)
+    for dtype in _DTYPES:
+        q, k, v, block_q, block_k = _forward_case(gen, dtype, True, same_length=False)
+        shapes = f"q {tuple(q.shape)}, k {tuple(k.shape)}, v {tuple(v.shape)}, {dtype}, block_q={block_q}, block_k={block_k} (seed {seed})"
+        what = f"flash_forward(q=q, k=k, v=v, block_q=..., block_k=..., causal=True), every argument by keyword, with {shapes}"
+        got = call_explained(flash_forward, q=q, k=k, v=v, block_q=block_q, block_k=block_k, causal=True, what=what, hint=_BY_KEYWORD)
+        _expect_forward(got, q, k, v, True, what)
+        what = f"flash_forward(q, k, v, block_q, block_k, causal=True) with q, k, v non-contiguous (strided, dims stored in reverse order), {shapes}"
+        got = call_explained(flash_forward, *(_non_contiguous(t) for t in (q, k, v)), block_q, block_k, causal=True, what=what, hint=_ANY_LAYOUT)
+        _expect_forward(got, q, k, v, True, what)
+    q, k, v, _, _ = _forward_case(gen, torch.float64, False)
+    what = f"flash_forward(q, k, v) with the default tiles and causal=False, q {tuple(q.shape)} (seed {seed})"
+    _expect_forward(call_explained(flash_forward, q, k, v, what=what), q, k, v, False, what)
+    check_flash_forward_tiles(flash_forward, seed=seed)
+
+
+def check_flash_forward_tiles(flash_forward, seed: int | None = None) -> None:
+    """Counts the score tiles ``flash_forward`` computes: one tile per product, and none above a causal diagonal.
+
+    Output right is not enough: a pass that computes every tile and masks the ones above the
+    diagonal gives the right numbers for twice the work. Every matrix product over the head
+    dim (a tile of scores ``Q_i K_j^T``) is recorded while the function runs.
+    """
+    flash_forward = watched(flash_forward, FLASH_FORWARD)
+    gen, seed = new_generator(seed)
+    cases = [(29, 29, 8, 8, True), (20, 20, 6, 4, True), (12, 20, 5, 3, True), (20, 11, 4, 6, True), (7, 7, 1, 1, True),
+             (17, 17, 7, 5, False), (130, 130, None, None, True)]
+    for n_q, n_k, block_q, block_k, causal in cases:
+        bq, bk = block_q or 64, block_k or 64
+        e = min(bk, n_k) + randint(gen, 1, 3)            # longer than any key tile: a score product sums over e
+        q, k = _randn(gen, 1, 2, n_q, e, dtype=torch.float64), _randn(gen, 1, 2, n_k, e, dtype=torch.float64)
+        v = _randn(gen, 1, 2, n_k, 3, dtype=torch.float64)
+        tiles_arg = {} if block_q is None else {"block_q": block_q, "block_k": block_k}
+        call_text = ", ".join(f"{name}={value}" for name, value in tiles_arg.items()) or "the default tiles of 64"
+        what = f"flash_forward(q, k, v, {call_text}, causal={causal}) with q {tuple(q.shape)}, k {tuple(k.shape)} (seed {seed})"
+        counted = _count_score_tiles(flash_forward, e, 2, [q.clone(), k.clone(), v.clone()], {"causal": causal, **tiles_arg}, what)
+        _expect_forward(counted["value"], q, k, v, causal, what)
+        pairs, tiles = _expected_score_pairs(n_q, n_k, bq, bk, causal)
+        products, largest, seen_pairs = counted["products"], counted["largest"], counted["scores"] // 2
+        if products == 0:
+            raise AssertionError(f"{what}: no matrix product over the head dim was seen; compute each tile of scores with @ (q_tile @ k_tile^T)")
+        if largest > bq * bk:
+            raise AssertionError(f"{what}: one product made {largest} scores at once, more than a tile of {bq} x {bk}; "
+                                 "compute the scores one (query tile, key tile) pair at a time")
+        if seen_pairs != pairs:
+            extra = (" Tiles above the diagonal must be skipped (break out of the loop over key tiles), not computed and masked."
+                     if causal and seen_pairs > pairs else "")
+            raise AssertionError(f"{what}: computed {seen_pairs} (query, key) scores per (batch, head) in {products} products; "
+                                 f"the tiles {'on or below the diagonal' if causal else 'of the grid'} hold {pairs} ({tiles} tiles).{extra}")
+
+
+def score_tiles_driver(flash_forward, e: int, batch: int, args: list, kwargs: dict) -> dict:
+    """Call ``flash_forward(*args, **kwargs)`` under a :class:`_ScoreTiles` counter; report the output and the counts.
+
+    A driver: when the learner's function lives in a grading sandbox, this runs there, next to it
+    (an operator the sandbox runs cannot be seen from the grader), and only the report, as data, comes back.
+    """
+    counter = _ScoreTiles(e, batch)
+    with counter:
+        got = flash_forward(*args, **kwargs)
+    return {"value": got, "scores": counter.scores, "products": counter.products, "largest": counter.largest}
+
+
+def _count_score_tiles(flash_forward, e: int, batch: int, args: list, kwargs: dict, what: str) -> dict:
+    """:func:`score_tiles_driver`, in the learner's sandbox when the function lives in one; its errors name the call."""
+    try:
+        if hasattr(flash_forward, "through"):
+            report = flash_forward.through(f"{__name__}:score_tiles_driver", e, batch, args, kwargs)
+        else:
+            report = score_tiles_driver(flash_forward, e, batch, args, kwargs)
+    except AssertionError:
+        raise
+    except Exception as err:  # noqa: BLE001  (the answer's own error, reported as a failed check)
+        raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from None
+    counts = ("scores", "products", "largest")
+    if not isinstance(report, dict) or any(type(report.get(key)) is not int for key in counts):
+        raise AssertionError(f"{what}: the count of score tiles did not come back from the sandbox")
+    return report
+
+
+# --------------------------------------------------------------------------- predict, then run
+
+PREDICT_CAUSAL_SKIPPED_FRACTION = Rules(
+    "predict_causal_skipped_fraction", modules=_FLASH,
+    why="A prediction is a number you reason out, not one course_lib.flash computes for you.",
+)
+
+
+def causal_skipped_fraction(n: int = 512, block: int = 64) -> float:
+    """The share of the (query tile, key tile) pairs of causal attention that ``course_lib.flash.causal_tile_skip`` skips."""
+    starts = range(0, n, block)
+    skipped = sum(ref.causal_tile_skip(a, min(n, a + block), b) for a in starts for b in starts)
+    return skipped / len(starts) ** 2
+
+
+def check_predict_causal_skipped_fraction(predict_causal_skipped_fraction) -> None:
+    """The prediction: the share of the tiles causal attention skips at N = 512 in tiles of 64 x 64, within 0.01."""
+    expected = causal_skipped_fraction(512, 64)
+    got = watched(predict_causal_skipped_fraction, PREDICT_CAUSAL_SKIPPED_FRACTION)()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise AssertionError(f"predict_causal_skipped_fraction() should return a number (an int or a float), got {type(got).__name__} ({got!r})")
+    if not abs(got - expected) <= 0.01:
+        raise AssertionError(f"predict_causal_skipped_fraction() returned {got}, not within 0.01 of the share the lesson counts: "
+                             "a fraction between 0 and 1; count the tiles of an 8 x 8 grid that lie entirely above the diagonal")

@@ -18,6 +18,7 @@ from course_lib import attention as ref
 from course_lib import kvcache
 from course_lib.checks.common import call, call_explained, expect_int, expect_same_device, expect_tensor, new_generator, on_meta, randint
 from course_lib.checks.guard import Rules, watched
+from torch.utils._python_dispatch import TorchDispatchMode
 
 _DTYPES = (torch.float32, torch.float64)
 
@@ -381,3 +382,203 @@ def check_cached_attention_step_decodes_like_full_attention(cached_attention_ste
             expect_tensor(out, full[:, :, t : t + 1], what + ": the output should equal row t of full causal attention", **_tolerances(dtype))
         expect_tensor(k_cache, k, f"the key cache after {n} steps ({kind}): every key, in order")
         expect_tensor(v_cache, v, f"the value cache after {n} steps ({kind}): every value, in order")
+
+
+# --------------------------------------------------------------------------- generate_with_static_cache (the capstone)
+
+
+GENERATE_WITH_STATIC_CACHE = Rules(
+    "generate_with_static_cache",
+    references=("course_lib.kvcache:generate", "course_lib.kvcache:decode_step", "course_lib.kvcache:KVCache",
+                "course_lib.models:DecoderLM.forward", "course_lib.models:DecoderLM.forward_embeddings",
+                "course_lib.models:DecoderLM.hidden_states", "course_lib.models:DecoderBlock.forward",
+                "course_lib.models:RotarySelfAttention.forward"),
+    modules=("transformers",),
+    allowed=("course_lib.checks.kvcache:_CacheWatch", "course_lib.checks.kvcache:_TokenCounter"),
+    why="The exercise is to write the decode loop and its preallocated cache yourself: run the blocks with "
+        "kvcache.layer_qkv and kvcache.layer_output, not with the model's forward, course_lib.kvcache.generate or transformers.",
+)
+
+_FACTORIES = {"zeros", "empty", "full", "ones", "new_zeros", "new_empty", "new_full", "new_ones", "zeros_like",
+              "empty_like", "full_like", "ones_like", "empty_strided", "new_empty_strided"}
+_GROWERS = {"cat", "stack", "constant_pad_nd", "pad"}
+
+
+class _CacheWatch(TorchDispatchMode):
+    """Sees every big floating-point tensor of 4 or more dimensions allocated (a cache), and every concatenation along a sequence axis."""
+
+    def __init__(self, big: int):
+        super().__init__()
+        self.big, self.allocations, self.grown = big, 0, []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        out = func(*args, **(kwargs or {}))
+        name = func.overloadpacket.__name__
+        if (name in _FACTORIES and isinstance(out, torch.Tensor) and out.is_floating_point() and out.dim() >= 4
+                and out.numel() >= self.big):
+            self.allocations += 1
+        if name in _GROWERS and isinstance(out, torch.Tensor) and out.is_floating_point() and out.dim() >= 4:
+            if name != "cat":
+                self.grown.append(f"{name} -> {tuple(out.shape)}")
+            else:
+                dim = args[1] if len(args) > 1 else (kwargs or {}).get("dim", 0)
+                if dim % out.dim() == out.dim() - 2:                           # the sequence axis of (.., S, D)
+                    self.grown.append(f"cat along the sequence axis -> {tuple(out.shape)}")
+        return out
+
+
+class _TokenCounter:
+    """Counts the token rows that go into every layer's key projection."""
+
+    def __init__(self, model):
+        self.rows, self.handles = 0, []
+        for block in model.blocks:
+            self.handles.append(block.attn.k_proj.register_forward_hook(self._hook))
+
+    def _hook(self, module, inputs, output):
+        self.rows += inputs[0].shape[:-1].numel()
+
+    def remove(self):
+        for handle in self.handles:
+            handle.remove()
+
+
+def _tiny_decoder(gen: torch.Generator, n_heads: int, n_kv_heads: int, n_layers: int = 2):
+    from course_lib import models
+
+    head_dim = 2 * randint(gen, 3, 6)
+    config = models.DecoderConfig(vocab_size=randint(gen, 40, 90), d_model=n_heads * head_dim, n_layers=n_layers,
+                                  n_heads=n_heads, n_kv_heads=n_kv_heads, d_ff=48, max_seq_len=64, init_std=0.3)
+    state = torch.random.get_rng_state()
+    torch.manual_seed(int(torch.randint(0, 2**31 - 1, (1,), generator=gen)))
+    model = models.DecoderLM(config).double().eval()
+    torch.random.set_rng_state(state)
+    return model
+
+
+def _describe_model(model) -> str:
+    c = model.config
+    return f"a DecoderLM with {c.n_layers} layers, {c.n_heads} query heads, {c.n_kv_heads} kv heads of size {c.head_dim}"
+
+
+def generate_watched_driver(fn, model, ids, n_new: int) -> dict:
+    """Run ``fn(model, ids, n_new)`` under a :class:`_CacheWatch` and a :class:`_TokenCounter`; report the tokens and what they saw.
+
+    A driver: when the learner's function lives in a grading sandbox, this runs there, next to it and its
+    copy of the model (the grader sees neither the sandbox's operators nor its model's hooks), and only the
+    report, as data, comes back.
+    """
+    c = model.config
+    counter = _TokenCounter(model)
+    watch = _CacheWatch(big=max(1, ids.shape[0] * c.n_kv_heads * ids.shape[1] * c.head_dim))
+    try:
+        with watch, torch.no_grad():
+            got = fn(model, ids, n_new)
+    finally:
+        counter.remove()
+    return {"value": got, "grown": list(watch.grown), "allocations": watch.allocations, "rows": counter.rows}
+
+
+def _run_generate(fn, model, ids, n_new, what):
+    c = model.config
+    try:
+        if hasattr(fn, "through"):  # the grader: the learner's function lives in a sandbox
+            report = fn.through(f"{__name__}:generate_watched_driver", model, ids.clone(), n_new)
+        else:
+            report = generate_watched_driver(fn, model, ids.clone(), n_new)
+    except AssertionError:
+        raise
+    except Exception as err:  # noqa: BLE001  (the answer's own error, reported as a failed check)
+        raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from None
+    if (not isinstance(report, dict) or type(report.get("allocations")) is not int or type(report.get("rows")) is not int
+            or not isinstance(report.get("grown"), list)):
+        raise AssertionError(f"{what}: what the watch saw did not come back from the sandbox")
+
+    grown, allocations, fed = report["grown"], report["allocations"], report["rows"] // c.n_layers
+    if grown:
+        raise AssertionError(f"{what} grew a cache by concatenation ({grown[0]}): a static cache is allocated "
+                             "once, for prompt + new tokens, and each step writes its key and value into its slot t")
+    if allocations > 2 * c.n_layers:
+        raise AssertionError(f"{what} allocated {allocations} cache-sized tensors: allocate the key and value "
+                             f"buffers once, before the loop (at most 2 per layer, {2 * c.n_layers} here)")
+    most = ids.shape[0] * (ids.shape[1] + n_new)
+    if fed > most:
+        raise AssertionError(f"{what} fed {fed // ids.shape[0]} tokens per sequence through the layers, more than the "
+                             f"{ids.shape[1]} of the prompt plus the {n_new} new ones: feed the prompt once (prefill), "
+                             "then only the newest token, and read everything older from the cache")
+    return report["value"]
+
+
+def _expect_tokens(got, expected: torch.Tensor, what: str) -> None:
+    if not isinstance(got, torch.Tensor):
+        raise AssertionError(f"{what} should return a tensor of token ids, got {type(got).__name__}")
+    if got.dtype != torch.long or tuple(got.shape) != tuple(expected.shape):
+        raise AssertionError(f"{what} should return a torch.long tensor of shape {tuple(expected.shape)} (the prompt and "
+                             f"the new tokens), got {_describe_tensor(got)}")
+    if not torch.equal(got, expected):
+        where = (got != expected).nonzero()[0].tolist()
+        raise AssertionError(f"{what}: token {where[1]} of sequence {where[0]} should be {expected[tuple(where)].item()} "
+                             f"(greedy decoding), got {got[tuple(where)].item()}; whole sequence expected "
+                             f"{expected[where[0]].tolist()}, got {got[where[0]].tolist()}")
+
+
+def _describe_tensor(x) -> str:
+    return f"shape {tuple(x.shape)} and dtype {x.dtype}"
+
+
+def check_generate_with_static_cache(generate_with_static_cache, seed: int | None = None) -> None:
+    """``generate_with_static_cache(model, input_ids, max_new_tokens)`` gives greedy decoding's tokens, doing a static cache's work.
+
+    Tiny random DecoderLMs (MHA, GQA, MQA), batches of equal-length prompts, 0, 1 and several new
+    tokens; the tokens must equal :func:`course_lib.kvcache.generate`'s, the cache must be
+    allocated once and never grown by concatenation, and no token may go through the layers twice.
+    """
+    gen, seed = new_generator(seed)
+    fn = watched(generate_with_static_cache, GENERATE_WITH_STATIC_CACHE)
+    cases = [(4, 2, 7), (4, 1, 5), (6, 3, 6), (4, 4, 3), (8, 2, 1), (4, 2, 0)]
+    for n_heads, n_kv_heads, n_new in cases:
+        model = _tiny_decoder(gen, n_heads, n_kv_heads)
+        batch, prompt_len = randint(gen, 1, 3), randint(gen, 1, 6)
+        ids = torch.randint(0, model.config.vocab_size, (batch, prompt_len), generator=gen)
+        what = (f"generate_with_static_cache({_describe_model(model)}, {batch} prompts of {prompt_len} tokens, "
+                f"max_new_tokens={n_new}) (seed {seed})")
+        expected = kvcache.generate(model, ids, n_new, strategy="greedy")
+        _expect_tokens(_run_generate(fn, model, ids, n_new, what), expected, what)
+
+
+def check_generate_with_static_cache_against_transformers(generate_with_static_cache, seed: int | None = None) -> None:
+    """The same tokens as ``transformers``' greedy ``generate`` on the model converted to ``LlamaForCausalLM``."""
+    from course_lib import models
+
+    gen, seed = new_generator(seed)
+    model = _tiny_decoder(gen, 4, 2, n_layers=3)
+    ids = torch.randint(0, model.config.vocab_size, (2, 5), generator=gen)
+    hf = models.to_hf_llama(model).double().eval()
+    with torch.no_grad():
+        expected = hf.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=9, min_new_tokens=9,
+                               do_sample=False, pad_token_id=0, eos_token_id=None)
+    what = f"generate_with_static_cache({_describe_model(model)}, 2 prompts of 5 tokens, 9) against transformers (seed {seed})"
+    _expect_tokens(_run_generate(watched(generate_with_static_cache, GENERATE_WITH_STATIC_CACHE), model, ids, 9, what),
+                   expected, what)
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+PREDICT_GQA8_CACHE_SHRINK = Rules(
+    "predict_gqa8_cache_shrink", modules=("course_lib.kvcache", "course_lib.memory", "transformers"),
+    why="A prediction is a number you work out before running the lesson's cells, not computed with the course's code.",
+)
+
+
+def check_predict_gqa8_cache_shrink(predict_gqa8_cache_shrink) -> None:
+    """The prediction: how many times GQA-8 shrinks Llama-3-8B's KV cache against MHA, within 1%."""
+    config = kvcache.PUBLISHED_CONFIGS["Llama-3-8B"]
+    mha_twin = {**config, "num_key_value_heads": config["num_attention_heads"]}
+    expected = kvcache.kv_cache_bytes_from_config(mha_twin, 1) / kvcache.kv_cache_bytes_from_config(config, 1)
+    got = watched(predict_gqa8_cache_shrink, PREDICT_GQA8_CACHE_SHRINK)()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise AssertionError(f"predict_gqa8_cache_shrink() should return a number (an int or a float), got {type(got).__name__} ({got!r})")
+    if not abs(got - expected) <= 0.01 * expected:
+        raise AssertionError(f"predict_gqa8_cache_shrink() returned {got}, not within 1% of the ratio the formula gives: "
+                             "compare the only factor of the KV-cache formula that differs between MHA and GQA-8")

@@ -203,3 +203,162 @@ def check_kv_cache_bytes_against_a_real_cache(kv_cache_bytes) -> None:
     gib = 2**30
     for n_kv, expected_gib in ((32, 128), (8, 32), (1, 4)):
         expect_int(kv_cache_bytes(32, 32, n_kv, 128, 32 * 1024, 8, 2), expected_gib * gib, f"32 layers, {n_kv} kv heads, 32k tokens, batch 8, bf16")
+
+
+# --------------------------------------------------------------------------- capstone: activation bytes
+
+ACTIVATION_BYTES = Rules(
+    "activation_bytes",
+    references=tuple(f"course_lib.memory:{name}" for name in (
+        "estimate_training_memory", "activation_memory", "activation_bytes_per_layer", "measure_training_memory",
+        "record_saved_tensors", "saved_activation_bytes", "attention_kernel", "korthikanti_activation_bytes",
+        "precision_bytes", "_peak", "_norm_bytes", "_attention_bytes", "_mlp_bytes", "_add")),
+    modules=("transformers", "course_lib.kvcache"),
+    why="The exercise is to count the saved tensors yourself from the shape, with arithmetic (the check measures them).",
+)
+#: How far the answer may be from the bytes measured on a CPU (relative).
+ACTIVATION_TOLERANCE = 0.02
+
+
+def reference_activation_bytes(shape: memory.ModelShape, batch_size: int, seq_len: int, attention: str = "eager",
+                               checkpointing: bool = False) -> int:
+    """The course's estimate in fp32 on a CPU: what the forward pass saves, plus one block recomputed with checkpointing."""
+    total = sum(memory.activation_memory(shape, batch_size, seq_len, "fp32", attention, checkpointing, "cpu").values())
+    if checkpointing:
+        total += sum(memory.activation_bytes_per_layer(shape, seq_len, batch_size, "fp32", attention, "cpu").values())
+    return int(total)
+
+
+def _random_activation_shape(gen, grouped: bool) -> memory.ModelShape:
+    n_kv = randint(gen, 1, 4)
+    n_heads = n_kv * randint(gen, 2 if grouped else 1, 4)
+    head_dim = randint(gen, 1, 64)
+    explicit = randint(gen, 0, 3) == 0  # head_dim given, not d_model // n_heads
+    d_model = n_heads * head_dim if not explicit else randint(gen, 8, 512)
+    return memory.ModelShape(vocab_size=randint(gen, 2, 50000), d_model=d_model, n_layers=randint(gen, 1, 48),
+                             n_heads=n_heads, n_kv_heads=n_kv, d_ff=randint(gen, 1, 20000),
+                             head_dim=head_dim if explicit else None)
+
+
+def _shape_text(shape: memory.ModelShape) -> str:
+    return (f"ModelShape(vocab_size={shape.vocab_size}, d_model={shape.d_model}, n_layers={shape.n_layers}, "
+            f"n_heads={shape.n_heads}, n_kv_heads={shape.n_kv_heads}, d_ff={shape.d_ff}, head_dim={shape.head_dim})")
+
+
+def check_activation_bytes(activation_bytes, seed: int | None = None, n_cases: int = 8) -> None:
+    """``activation_bytes(shape, batch_size, seq_len, attention="eager", checkpointing=False)``.
+
+    Random Llama shapes (GQA, explicit head_dim), batches and sequences, both attentions, with
+    and without checkpointing, against the course's estimate; a Python int; bad sizes raise
+    ValueError.
+    """
+    activation_bytes = watched(activation_bytes, ACTIVATION_BYTES)
+    gen, seed = new_generator(seed)
+    cases = []
+    for i in range(n_cases):
+        shape = _random_activation_shape(gen, grouped=i % 2 == 0)
+        for attention in ("eager", "sdpa"):
+            for checkpointing in (False, True):
+                cases.append((shape, randint(gen, 2, 16), randint(gen, 2, 4096), attention, checkpointing))
+    for shape, b, s, attention, checkpointing in cases:
+        what = f"activation_bytes({_shape_text(shape)}, {b}, {s}, attention={attention!r}, checkpointing={checkpointing}) (seed {seed})"
+        got = call_explained(activation_bytes, shape, b, s, attention=attention, checkpointing=checkpointing, what=what)
+        expect_int(got, reference_activation_bytes(shape, b, s, attention, checkpointing), what)
+    # the defaults: eager attention, no checkpointing
+    shape = _random_activation_shape(gen, grouped=True)
+    what = f"activation_bytes({_shape_text(shape)}, 3, 100) (the defaults, seed {seed})"
+    expect_int(call_explained(activation_bytes, shape, 3, 100, what=what), reference_activation_bytes(shape, 3, 100), what)
+    for label, b, s in (("batch_size 0", 0, 16), ("seq_len 0", 2, 0), ("a negative batch_size", -2, 16),
+                        ("a negative seq_len", 2, -16), ("batch_size True", True, 16), ("seq_len True", 2, True),
+                        ("a float batch_size", 2.0, 16)):
+        try:
+            activation_bytes(shape, b, s)
+        except ValueError:
+            continue
+        except Exception as err:  # noqa: BLE001
+            raise AssertionError(f"activation_bytes(shape, {b!r}, {s!r}) ({label}) should raise ValueError, "
+                                 f"got {type(err).__name__}: {err}") from None
+        raise AssertionError(f"activation_bytes(shape, {b!r}, {s!r}) ({label}) should raise ValueError")
+
+
+def _measured_activations(shape: memory.ModelShape, batch_size: int, seq_len: int, attention: str, checkpointing: bool) -> int:
+    import warnings
+
+    import transformers
+
+    torch.manual_seed(0)
+    model = transformers.LlamaForCausalLM(shape.to_hf_config(attn_implementation=attention, use_cache=False))
+    if checkpointing:
+        model.activation_checkpointing_enable()
+    ids = torch.randint(0, shape.vocab_size, (batch_size, seq_len), generator=torch.Generator().manual_seed(1))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return memory.measure_training_memory(model, ids, optimizer_name="sgd").activations
+
+
+# tiny Llamas measured by the check: (vocab, d_model, layers, heads, kv heads, d_ff), batch, sequence, attention
+MEASURED_CONFIGS = (
+    ((256, 64, 2, 4, 2, 160), 2, 48, "eager"),
+    ((300, 96, 2, 6, 1, 200), 3, 32, "sdpa"),
+    ((128, 64, 2, 4, 4, 128), 2, 40, "eager"),
+)
+
+
+def check_activation_bytes_against_measurement(activation_bytes) -> None:
+    """Within ``ACTIVATION_TOLERANCE`` of the bytes autograd really saves in tiny ``transformers`` Llamas on the CPU.
+
+    With checkpointing, the measured bytes saved by the forward pass plus one block's
+    worth, measured as the difference between a two-block and a one-block model.
+    """
+    activation_bytes = watched(activation_bytes, ACTIVATION_BYTES)
+    for (vocab, d, layers, heads, kv, ff), b, s, attention in MEASURED_CONFIGS:
+        shape = memory.ModelShape(vocab_size=vocab, d_model=d, n_layers=layers, n_heads=heads, n_kv_heads=kv, d_ff=ff,
+                                  max_positions=256)
+        one = memory.ModelShape(vocab_size=vocab, d_model=d, n_layers=1, n_heads=heads, n_kv_heads=kv, d_ff=ff, max_positions=256)
+        plain = _measured_activations(shape, b, s, attention, False)
+        block = plain - _measured_activations(one, b, s, attention, False)
+        for checkpointing, measured in ((False, plain), (True, _measured_activations(shape, b, s, attention, True) + block)):
+            what = f"activation_bytes({_shape_text(shape)}, {b}, {s}, attention={attention!r}, checkpointing={checkpointing})"
+            got = call_explained(activation_bytes, shape, b, s, attention=attention, checkpointing=checkpointing, what=what)
+            if type(got) is not int:
+                raise AssertionError(f"{what} should return a Python int, got {type(got).__name__} ({got!r})")
+            if abs(got / measured - 1) > ACTIVATION_TOLERANCE:
+                raise AssertionError(f"{what} is {got:,} bytes, but a transformers LlamaForCausalLM of this shape saves "
+                                     f"{measured:,} bytes for backward on the CPU (more than {ACTIVATION_TOLERANCE:.0%} apart)")
+
+
+# --------------------------------------------------------------------------- predictions
+
+_PREDICTION = "A prediction is a number you work out before running the lesson's cells, not computed with the course's code."
+PREDICT_ADAMW_BYTES_PER_PARAM = Rules("predict_adamw_bytes_per_param", modules=("course_lib.memory", "transformers"), why=_PREDICTION)
+PREDICT_PROBS_GROWTH = Rules("predict_probs_growth", modules=("course_lib.memory", "transformers"), why=_PREDICTION)
+#: The small Llama of section 2.2, whose eager attention probabilities the second prediction is about.
+SMALL_LLAMA = dict(vocab_size=512, d_model=128, n_layers=2, n_heads=4, n_kv_heads=2, d_ff=344, max_positions=1024)
+
+
+def _prediction(fn, rules: Rules, name: str):
+    got = watched(fn, rules)()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise AssertionError(f"{name}() should return a number (an int or a float), got {type(got).__name__} ({got!r})")
+    return got
+
+
+def check_predict_adamw_bytes_per_param(predict_adamw_bytes_per_param) -> None:
+    """The prediction: bytes per parameter of fp32 AdamW's model states, within 0.5 of the course's estimate."""
+    ref = memory.reference_1b_config()
+    expected = memory.estimate_training_memory(ref, 1, 512, "adamw", "fp32").model_states / memory.count_params(ref)
+    got = _prediction(predict_adamw_bytes_per_param, PREDICT_ADAMW_BYTES_PER_PARAM, "predict_adamw_bytes_per_param")
+    if not abs(got - expected) <= 0.5:
+        raise AssertionError(f"predict_adamw_bytes_per_param() returned {got}, not within 0.5 of the bytes per parameter "
+                             "that fp32 AdamW keeps before activations: add up weights, gradients and both Adam states")
+
+
+def check_predict_probs_growth(predict_probs_growth) -> None:
+    """The prediction: how many times eager attention's probabilities grow when the sequence doubles, within 1%."""
+    shape = memory.ModelShape(**SMALL_LLAMA)
+    probs = [memory.activation_memory(shape, 2, s, "fp32", "eager", device="cpu")["attention_probs"] for s in (128, 256)]
+    expected = probs[1] / probs[0]
+    got = _prediction(predict_probs_growth, PREDICT_PROBS_GROWTH, "predict_probs_growth")
+    if not abs(got - expected) <= 0.01 * expected:
+        raise AssertionError(f"predict_probs_growth() returned {got}, not within 1% of how many times the attention "
+                             "probabilities grow when the sequence doubles: how do they depend on s, per sequence?")

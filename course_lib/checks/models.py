@@ -474,3 +474,181 @@ def check_greedy_generate_edge_cases(greedy_generate) -> None:
         model = _tiny_model(100 + prompt_len)
         prompt = torch.randint(0, 37, (2, prompt_len), generator=torch.Generator().manual_seed(n_new))
         _expect_greedy(greedy_generate, model, prompt, n_new, {}, f"greedy_generate(model, prompt (2, {prompt_len}), max_new_tokens={n_new})")
+
+
+# --------------------------------------------------------------------------- capstone: one decoder block
+
+DECODER_BLOCK = Rules(
+    "decoder_block",
+    references=(
+        "course_lib.models:DecoderBlock", "course_lib.models:RotarySelfAttention", "course_lib.models:SwiGLU",
+        "course_lib.models:RMSNorm", "course_lib.models:DecoderLM", "course_lib.models:feed_forward",
+    ),
+    modules=("course_lib.attention", "course_lib.kvcache", "transformers"),
+    why="The exercise is to write the block's steps yourself (rope_cos_sin, apply_rope and "
+        "torch.nn.functional.scaled_dot_product_attention are allowed).",
+)
+DECODER_BLOCK_NAMES = (
+    "attn_norm.weight", "attn.q_proj.weight", "attn.k_proj.weight", "attn.v_proj.weight", "attn.o_proj.weight",
+    "mlp_norm.weight", "mlp.gate_proj.weight", "mlp.up_proj.weight", "mlp.down_proj.weight",
+)
+
+
+def _random_block(gen, *, n_heads: int, n_kv_heads: int, head_dim: int, d_ff: int, eps: float, theta: float,
+                  dtype: torch.dtype) -> tuple[models.DecoderBlock, dict[str, torch.Tensor]]:
+    """A course DecoderBlock with random weights (norm gains too) and its state_dict as plain tensors."""
+    config = models.DecoderConfig(vocab_size=8, d_model=n_heads * head_dim, n_layers=1, n_heads=n_heads,
+                                  n_kv_heads=n_kv_heads, d_ff=d_ff, rope_theta=theta, norm_eps=eps)
+    block = models.DecoderBlock(config, 0).to(dtype)
+    weights = {}
+    for name, p in block.named_parameters():
+        if name.endswith("norm.weight"):
+            value = 1 + 0.5 * torch.randn(p.shape, generator=gen, dtype=torch.float64)
+        else:
+            value = torch.randn(p.shape, generator=gen, dtype=torch.float64) / math.sqrt(p.shape[1])
+        with torch.no_grad():
+            p.copy_(value.to(dtype))
+        weights[name] = p.detach().clone()
+    return block.eval(), weights
+
+
+def _reference_block(block: models.DecoderBlock, x: torch.Tensor, theta: float) -> torch.Tensor:
+    cos, sin = models.rope_cos_sin(torch.arange(x.shape[1]), block.attn.head_dim, theta, dtype=x.dtype)
+    with torch.no_grad():
+        return block(x, cos, sin)
+
+
+def _block_tolerance(dtype: torch.dtype) -> dict:
+    # float64 is held to 1e-6, not 1e-10: the rotary angles are computed in float32 (as in Llama), and an answer
+    # that computes them another way (theta ** -f rather than 1 / theta ** f) differs by about 1e-8.
+    return {"atol": 1e-6, "rtol": 1e-5} if dtype == torch.float64 else {"atol": 2e-5, "rtol": 1e-4}
+
+
+def _call_block(decoder_block, x, weights, n_heads, n_kv_heads, eps, theta, what):
+    from course_lib.checks.common import call_explained
+
+    return call_explained(decoder_block, x, weights, n_heads, n_kv_heads, eps=eps, theta=theta, what=what)
+
+
+def check_decoder_block(decoder_block, seed: int | None = None, n_cases: int = 8) -> None:
+    """``decoder_block(x, weights, n_heads, n_kv_heads, eps=..., theta=...)`` against the course's ``DecoderBlock``.
+
+    Random sizes (MHA, GQA, MQA), float32 and float64, batch and length 1, small inputs with a
+    large eps (RMSNorm's eps matters), inputs not modified, and causality: changing the last
+    token does not change the outputs before it. Tolerance: atol 2e-5, rtol 1e-4 in float32;
+    atol 1e-6, rtol 1e-5 in float64 (the rotary angles are float32 in both).
+    """
+    decoder_block = watched(decoder_block, DECODER_BLOCK)
+    gen, seed = new_generator(seed)
+    for case in range(n_cases):
+        n_heads = (1, 2, 4, 4, 2, 6)[randint(gen, 0, 5)]
+        divisors = [k for k in range(1, n_heads + 1) if n_heads % k == 0]
+        n_kv_heads = divisors[randint(gen, 0, len(divisors) - 1)]
+        if case == 1:
+            n_heads, n_kv_heads = 4, 2  # grouped-query attention, always
+        head_dim = (2, 4, 8)[randint(gen, 0, 2)]
+        d_ff = randint(gen, 3, 24)
+        dtype = (torch.float32, torch.float64)[case % 2]
+        batch, length = (1, 1) if case == 2 else (randint(gen, 1, 3), randint(gen, 2, 9))
+        eps, theta = ((1e-6, 10000.0), (1e-5, 500.0), (0.5, 10000.0))[case % 3]
+        scale = 0.05 if case % 3 == 2 else 1.0  # small activations: eps changes the result
+        block, weights = _random_block(gen, n_heads=n_heads, n_kv_heads=n_kv_heads, head_dim=head_dim, d_ff=d_ff,
+                                       eps=eps, theta=theta, dtype=dtype)
+        x = (scale * torch.randn(batch, length, n_heads * head_dim, generator=gen, dtype=torch.float64)).to(dtype)
+        what = (f"decoder_block(x {tuple(x.shape)} {dtype}, weights, n_heads={n_heads}, n_kv_heads={n_kv_heads}, "
+                f"eps={eps}, theta={theta}) with d_ff={d_ff} (seed {seed})")
+        got = _call_block(decoder_block, x, weights, n_heads, n_kv_heads, eps, theta, what)
+        expect_tensor(got, _reference_block(block, x, theta), what, **_block_tolerance(dtype))
+        if length >= 2:  # causality: a new last token changes nothing before it
+            changed = x.clone()
+            changed[:, -1] = (scale * torch.randn(batch, x.shape[-1], generator=gen, dtype=torch.float64)).to(dtype)
+            again = _call_block(decoder_block, changed, weights, n_heads, n_kv_heads, eps, theta, what)
+            if not torch.allclose(again[:, :-1], got[:, :-1], **_block_tolerance(dtype)):
+                raise AssertionError(f"{what}: changing only the last token changed the outputs at earlier positions; "
+                                     "a decoder block must be causal (position t attends to positions <= t only)")
+
+
+def _hf_layer(block: models.DecoderBlock, config: models.DecoderConfig):
+    from transformers.models.llama.modeling_llama import LlamaDecoderLayer
+
+    hf_config = models.to_llama_config(config)
+    hf_config._attn_implementation = "eager"
+    layer = LlamaDecoderLayer(hf_config, 0).to(next(block.parameters()).dtype).eval()
+    renamed = {models.llama_name_map(1)[f"blocks.0.{k}"].removeprefix("model.layers.0."): v
+               for k, v in block.state_dict().items()}
+    layer.load_state_dict(renamed)
+    return layer
+
+
+def check_decoder_block_edge_cases(decoder_block) -> None:
+    """Agreement with transformers' ``LlamaDecoderLayer`` given the same weights, default eps and theta, and a wrong weights dict."""
+    from transformers.models.llama.modeling_llama import LlamaRotaryEmbedding
+
+    decoder_block = watched(decoder_block, DECODER_BLOCK)
+    gen = torch.Generator().manual_seed(2)
+    for dtype in (torch.float32, torch.float64):
+        block, weights = _random_block(gen, n_heads=4, n_kv_heads=2, head_dim=8, d_ff=40, eps=1e-6, theta=10000.0, dtype=dtype)
+        config = models.DecoderConfig(vocab_size=8, d_model=32, n_layers=1, n_heads=4, n_kv_heads=2, d_ff=40)
+        layer = _hf_layer(block, config)
+        x = torch.randn(2, 7, 32, generator=gen, dtype=torch.float64).to(dtype)
+        positions = torch.arange(7)[None]
+        cos, sin = LlamaRotaryEmbedding(models.to_llama_config(config))(x, positions)
+        mask = torch.full((7, 7), float("-inf"), dtype=dtype).triu(1)[None, None]
+        with torch.no_grad():
+            theirs = layer(x, attention_mask=mask, position_ids=positions, position_embeddings=(cos, sin))
+        theirs = theirs[0] if isinstance(theirs, tuple) else theirs
+        what = f"decoder_block(x (2, 7, 32) {dtype}, weights, 4, 2) with the default eps and theta, against transformers' LlamaDecoderLayer"
+        got = _call_block_defaults(decoder_block, x, weights, 4, 2, what=what)
+        expect_tensor(got, theirs, what, **_block_tolerance(dtype))
+    missing = {k: v for k, v in weights.items() if k != "mlp.up_proj.weight"}
+    try:
+        decoder_block(x, missing, 4, 2)
+    except (KeyError, ValueError):
+        pass
+    else:
+        raise AssertionError("decoder_block(x, weights without 'mlp.up_proj.weight', 4, 2) should raise KeyError or ValueError")
+
+
+def _call_block_defaults(decoder_block, x, weights, n_heads, n_kv_heads, what):
+    from course_lib.checks.common import call_explained
+
+    return call_explained(decoder_block, x, weights, n_heads, n_kv_heads, what=what)
+
+
+# --------------------------------------------------------------------------- predictions
+
+PREDICTION = Rules(
+    "prediction", modules=("course_lib.models", "course_lib.tokenizer", "course_lib.memory"),
+    why="A prediction is a number you work out before running the lesson's cells, not computed with the course's code.",
+)
+
+
+def _prediction(fn, name: str):
+    got = watched(fn, PREDICTION)()
+    if isinstance(got, bool) or not isinstance(got, (int, float)):
+        raise AssertionError(f"{name}() should return a number (an int or a float), got {type(got).__name__} ({got!r})")
+    return got
+
+
+def check_predict_uniform_loss(predict_uniform_loss) -> None:
+    """The prediction: the next-token loss (nats) of a uniform guess over the course tokenizer's vocabulary, within 0.01."""
+    from course_lib import tokenizer
+
+    vocab_size = tokenizer.DEFAULT_VOCAB_SIZE
+    expected = models.next_token_loss(torch.zeros(1, 2, vocab_size), torch.zeros(1, 2, dtype=torch.long)).item()
+    got = _prediction(predict_uniform_loss, "predict_uniform_loss")
+    if not abs(got - expected) <= 0.01:
+        raise AssertionError(f"predict_uniform_loss() returned {got}, not within 0.01 of the lesson's value: each token "
+                             f"gets probability 1/{vocab_size}, and the loss is minus the natural log of that")
+
+
+def check_predict_block_params_millions(predict_block_params_millions) -> None:
+    """The prediction: parameters (millions) of one block with d 4096, 32/8 heads, d_ff 14336, within 1%."""
+    config = models.DecoderConfig(vocab_size=128256, d_model=4096, n_layers=32, n_heads=32, n_kv_heads=8, d_ff=14336)
+    with torch.device("meta"):
+        expected = sum(p.numel() for p in models.DecoderBlock(config, 0).parameters()) / 1e6
+    got = _prediction(predict_block_params_millions, "predict_block_params_millions")
+    if not abs(got - expected) <= 0.01 * expected:
+        raise AssertionError(f"predict_block_params_millions() returned {got}, not within 1% of the lesson's count: "
+                             "W_q and W_o are d x d, W_k and W_v are (n_kv_heads * head_dim) x d, the MLP has three "
+                             "d x d_ff matrices, and the two norms d gains each")

@@ -382,7 +382,49 @@ def mha_flattens_x_with_view(x, w_q, w_k, w_v, w_o, n_heads, is_causal=False):
     return _merge(_sdpa(_split(q, n_heads), _split(k, n_heads), _split(v, n_heads), is_causal)) @ w_o.T
 
 
+
+# --------------------------------------------------------------------------- predictions
+
+
+def predict_weights_uniform_percent():
+    return 12.5       # a percentage, not a weight
+
+
+def predict_weights_one():
+    return 1          # every weight 1: forgets to divide by the sum
+
+
+def predict_weights_exp_score():
+    return 1 / 4      # the n of the four-word sentence, not of the eight scores
+
+
+def predict_weights_bool():
+    return True
+
+
+def predict_growth_linear():
+    return 2          # doubling the tokens doubles the scores: forgets the pairs
+
+
+def predict_growth_cubic():
+    return 8
+
+
+def predict_growth_off_diagonal():
+    return 56 / 12    # (2n)(2n-1) / n(n-1): leaves out each token with itself
+
+
+def predict_growth_bool():
+    return True
+
+
 MUTANTS = {
+    "test_predict_equal_weights": {
+        f.__name__: f for f in (predict_weights_uniform_percent, predict_weights_one, predict_weights_exp_score, predict_weights_bool)
+    },
+    "test_predict_score_growth": {
+        f.__name__: f for f in (predict_growth_linear, predict_growth_cubic, predict_growth_off_diagonal, predict_growth_bool)
+    },
     "test_softmax": {
         f.__name__: f
         for f in (softmax_naive, softmax_last_dim_always, softmax_global_sum, softmax_in_place, softmax_float32,

@@ -1,4 +1,4 @@
-"""Wrong answers to lesson 05's exercises: the online softmax update, one forward tile step, causal tile skipping."""
+"""Wrong answers to lesson 05's exercises: the online softmax update, causal tile skipping, the whole tiled forward pass."""
 
 import math
 
@@ -175,9 +175,6 @@ def osu_renamed_arguments(m_prev, l_prev, acc_prev, s, values):
     return _update(m_prev, l_prev, acc_prev, s, values)
 
 
-# --------------------------------------------------------------------------- one forward tile step
-
-
 def _update(m, l, acc, scores, v):
     m_new = torch.maximum(m, scores.amax(dim=-1))
     rescale = torch.exp(m - _safe(m_new))
@@ -185,144 +182,118 @@ def _update(m, l, acc, scores, v):
     return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v
 
 
-def _masked(scores, mask, fill=float("-inf")):
-    return scores if mask is None else scores.masked_fill(~mask, fill)
+# --------------------------------------------------------------------------- capstone: the whole forward pass
 
 
-def fts_no_scale(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Forgets to multiply the scores by scale."""
-    return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1), mask), v_tile)
+def _ff(q, k, v, block_q=64, block_k=64, causal=False, *, skip="break", mask_all=False, rescale_acc=True, lse="m+log",
+        raw_max=False, work=None):
+    """A tiled forward pass with one switch per mistake; the defaults give the right answer."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    if work is not None:
+        q, k, v = q.to(work), k.to(work), v.to(work)
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    outs, lses = [], []
+    for q_start in range(0, n_q, block_q):
+        q_end = min(q_start + block_q, n_q)
+        qt = q[..., q_start:q_end, :]
+        m = qt.new_full(qt.shape[:-1], float("-inf"))
+        l = qt.new_zeros(qt.shape[:-1])
+        acc = qt.new_zeros(*qt.shape[:-1], v.shape[-1])
+        for k_start in range(0, n_k, block_k):
+            k_end = min(k_start + block_k, n_k)
+            if causal and skip == "break" and k_start > q_end - 1:
+                break
+            if causal and skip == "one tile early" and k_end > q_end:
+                break
+            raw = qt @ k[..., k_start:k_end, :].transpose(-2, -1)
+            s = raw * scale
+            if causal and (mask_all or k_end - 1 > q_start):
+                seen = torch.arange(k_start, k_end).unsqueeze(0) <= torch.arange(q_start, q_end).unsqueeze(-1)
+                s, raw = s.masked_fill(~seen, float("-inf")), raw.masked_fill(~seen, float("-inf"))
+            m_new = torch.maximum(m, (raw if raw_max else s).amax(dim=-1))
+            shift = torch.where(torch.isneginf(m_new), torch.zeros_like(m_new), m_new)
+            if raw_max:   # exp(scale * (raw - m_raw)): the right weights, but m is the raw scores' maximum
+                factor, p = torch.exp(scale * (m - shift)), torch.exp(scale * (raw - shift.unsqueeze(-1)))
+            else:
+                factor, p = torch.exp(m - shift), torch.exp(s - shift.unsqueeze(-1))
+            l = l * factor + p.sum(dim=-1)
+            acc = (acc * factor.unsqueeze(-1) if rescale_acc else acc) + p @ v[..., k_start:k_end, :]
+            m = m_new
+        outs.append(acc / l.unsqueeze(-1))
+        lses.append(m if lse == "m" else m + torch.log(l))
+    o, lse_out = torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
+    return (o.to(torch.float32), lse_out.to(torch.float32)) if work is not None else (o, lse_out)
 
 
-def fts_default_scale(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Ignores the scale argument and uses 1/sqrt(E)."""
-    scores = q_tile @ k_tile.transpose(-2, -1) / math.sqrt(q_tile.shape[-1])
-    return _update(m, l, acc, _masked(scores, mask), v_tile)
+def ff_no_causal_skip(q, k, v, block_q=64, block_k=64, causal=False):
+    """Right output, but computes every tile above the diagonal too (masked to -inf): twice the work."""
+    return _ff(q, k, v, block_q, block_k, causal, skip="none")
 
 
-def fts_divides_by_scale(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Divides by scale (as if it were sqrt(E))."""
-    return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1) / scale, mask), v_tile)
+def ff_mask_every_tile_no_skip(q, k, v, block_q=64, block_k=64, causal=False):
+    """Builds the causal mask for every tile and never skips one: right output, every tile computed."""
+    return _ff(q, k, v, block_q, block_k, causal, skip="none", mask_all=True)
 
 
-def fts_mask_inverted(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Treats True as 'blocked'."""
-    scores = q_tile @ k_tile.transpose(-2, -1) * scale
-    return _update(m, l, acc, scores if mask is None else scores.masked_fill(mask, float("-inf")), v_tile)
+def ff_skip_one_tile_early(q, k, v, block_q=64, block_k=64, causal=False):
+    """Stops at the first key tile that reaches past the query tile: loses the keys of the diagonal tile."""
+    return _ff(q, k, v, block_q, block_k, causal, skip="one tile early")
 
 
-def fts_mask_with_zero(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Sets masked scores to 0 instead of -inf: they still get weight exp(0 - m)."""
-    return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask, 0.0), v_tile)
+def ff_acc_not_rescaled(q, k, v, block_q=64, block_k=64, causal=False):
+    """Rescales l but forgets to rescale acc when the running maximum grows."""
+    return _ff(q, k, v, block_q, block_k, causal, rescale_acc=False)
 
 
-def fts_mask_after_update(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Computes the maximum and exp over all scores and zeroes the masked probabilities afterwards."""
-    scores = q_tile @ k_tile.transpose(-2, -1) * scale
-    m_new = torch.maximum(m, scores.amax(dim=-1))
-    rescale = torch.exp(m - _safe(m_new))
-    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
-    if mask is not None:
-        p = p * mask
-    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v_tile
+def ff_lse_is_m(q, k, v, block_q=64, block_k=64, causal=False):
+    """Returns lse = m: forgets the + log(l)."""
+    return _ff(q, k, v, block_q, block_k, causal, lse="m")
 
 
-def fts_ignores_mask(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Never applies the mask."""
-    return _update(m, l, acc, q_tile @ k_tile.transpose(-2, -1) * scale, v_tile)
+def ff_max_before_scale(q, k, v, block_q=64, block_k=64, causal=False):
+    """Takes the running maximum of the unscaled scores and scales inside exp: o right, lse wrong."""
+    return _ff(q, k, v, block_q, block_k, causal, raw_max=True)
 
 
-def fts_acc_not_rescaled(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Forgets to rescale acc when the maximum grows."""
-    scores = _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask)
-    m_new = torch.maximum(m, scores.amax(dim=-1))
-    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
-    return m_new, l * torch.exp(m - _safe(m_new)) + p.sum(-1), acc + p @ v_tile
+def ff_mask_diagonal_only_when_full(q, k, v, block_q=64, block_k=64, causal=False):
+    """Skips the tiles above the diagonal but never masks the tiles on it."""
+    scale = 1.0 / math.sqrt(q.shape[-1])
+    n_q, n_k = q.shape[-2], k.shape[-2]
+    outs, lses = [], []
+    for q_start in range(0, n_q, block_q):
+        q_end = min(q_start + block_q, n_q)
+        qt = q[..., q_start:q_end, :]
+        m = qt.new_full(qt.shape[:-1], float("-inf"))
+        l, acc = qt.new_zeros(qt.shape[:-1]), qt.new_zeros(*qt.shape[:-1], v.shape[-1])
+        for k_start in range(0, n_k, block_k):
+            if causal and k_start > q_end - 1:
+                break
+            s = qt @ k[..., k_start:k_start + block_k, :].transpose(-2, -1) * scale
+            m_new = torch.maximum(m, s.amax(dim=-1))
+            factor, p = torch.exp(m - m_new), torch.exp(s - m_new.unsqueeze(-1))
+            l, acc, m = l * factor + p.sum(-1), acc * factor.unsqueeze(-1) + p @ v[..., k_start:k_start + block_k, :], m_new
+        outs.append(acc / l.unsqueeze(-1))
+        lses.append(m + torch.log(l))
+    return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
 
 
-def fts_nan_for_masked_rows(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """A query that sees no key so far gets nan (exp(-inf - (-inf)))."""
-    scores = _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask)
-    m_new = torch.maximum(m, scores.amax(dim=-1))
-    rescale = torch.exp(m - m_new)
-    p = torch.exp(scores - m_new.unsqueeze(-1))
-    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v_tile
+def ff_float32(q, k, v, block_q=64, block_k=64, causal=False):
+    """Works in float32 whatever the input: float64 inputs come back float32 (and rounded)."""
+    return _ff(q, k, v, block_q, block_k, causal, work=torch.float32)
 
 
-def fts_normalised(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Returns acc / l as the running acc."""
-    m_new, l_new, acc_new = _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask), v_tile)
-    return m_new, l_new, acc_new / torch.where(l_new == 0, torch.ones_like(l_new), l_new).unsqueeze(-1)
+def ff_scales_q_in_place(q, k, v, block_q=64, block_k=64, causal=False):
+    """Right values, but multiplies the caller's q by the scale in place (and then undoes nothing)."""
+    q.mul_(1.0)
+    q.mul_(1.0 / math.sqrt(q.shape[-1]))
+    o, lse = _ff(q, k, v, block_q, block_k, causal)
+    return o, lse
 
 
-def fts_exp_separately(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """exp(scores) / exp(m_new) instead of exp(scores - m_new): inf / inf = nan for scores in the hundreds."""
-    scores = _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask)
-    m_new = torch.maximum(m, scores.amax(dim=-1))
-    e_new = torch.exp(_safe(m_new))
-    rescale = torch.exp(m) / e_new
-    p = torch.exp(scores) / e_new.unsqueeze(-1)
-    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v_tile
+def ff_block_sizes_swapped(q, k, v, block_q=64, block_k=64, causal=False):
+    """Uses block_k for the queries and block_q for the keys: right output, but other tiles than asked."""
+    return _ff(q, k, v, block_k, block_q, causal)
 
-
-def fts_neginf_m_as_zero(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Replaces m = -inf by 0 before rescaling: exp(-m_new) overflows to inf and 0 * inf = nan when a first tile's scores are all very negative."""
-    scores = _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask)
-    m_new = torch.maximum(m, scores.amax(dim=-1))
-    rescale = torch.exp(torch.nan_to_num(m, neginf=0.0) - _safe(m_new))
-    p = torch.exp(scores - _safe(m_new).unsqueeze(-1))
-    return m_new, l * rescale + p.sum(-1), acc * rescale.unsqueeze(-1) + p @ v_tile
-
-
-def fts_fill_made_on_cpu(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Right values, but masks with torch.where(mask, s, torch.full(s.shape, -inf)): the fill lives on the CPU."""
-    scores = q_tile @ k_tile.transpose(-2, -1) * scale
-    if mask is not None:
-        scores = torch.where(mask, scores, torch.full(scores.shape, float("-inf"), dtype=scores.dtype))
-    return _update(m, l, acc, scores, v_tile)
-
-
-def fts_default_mask_on_cpu(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Right values, but mask=None becomes torch.ones(Bq, Bk, dtype=torch.bool) on the CPU."""
-    if mask is None:
-        mask = torch.ones(q_tile.shape[-2], k_tile.shape[-2], dtype=torch.bool)
-    return _update(m, l, acc, (q_tile @ k_tile.transpose(-2, -1) * scale).masked_fill(~mask, float("-inf")), v_tile)
-
-
-def fts_bmm_with_view(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Flattens the batch dims with .view for torch.bmm: fails for non-contiguous tiles (a transposed or sliced k)."""
-    q3 = q_tile.view(-1, *q_tile.shape[-2:])
-    k3 = k_tile.view(-1, *k_tile.shape[-2:])
-    scores = torch.bmm(q3, k3.transpose(1, 2)).view(*q_tile.shape[:-1], k_tile.shape[-2]) * scale
-    return _update(m, l, acc, _masked(scores, mask), v_tile)
-
-
-def fts_scales_q_in_place(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Right values, but scales the caller's queries in place (q_tile *= scale)."""
-    q_tile *= scale
-    return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1), mask), v_tile)
-
-
-def fts_mask_finfo_min(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Masks with the dtype's lowest finite value instead of -inf: a query that may see no key gets weight 1 on every key."""
-    return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask, torch.finfo(q_tile.dtype).min), v_tile)
-
-
-def fts_float32_scores(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Computes the scores and the state in float32 (.float()): float64 inputs come back as float32."""
-    scores = _masked((q_tile @ k_tile.transpose(-2, -1)).float() * scale, mask)
-    return _update(m.float(), l.float(), acc.float(), scores, v_tile.float())
-
-
-def fts_scores_in_float32(q_tile, k_tile, v_tile, m, l, acc, scale, mask=None):
-    """Computes the scores in float32 and casts them back: right dtype, but float64 inputs lose their precision."""
-    scores = (q_tile.float() @ k_tile.float().transpose(-2, -1) * scale).to(q_tile.dtype)
-    return _update(m, l, acc, _masked(scores, mask), v_tile)
-
-
-def fts_mask_scale_swapped(q_tile, k_tile, v_tile, m, l, acc, mask=None, scale=1.0):
-    """Puts mask before scale in the signature: a positional call forward_tile_step(..., scale, mask) mixes them up."""
-    return _update(m, l, acc, _masked(q_tile @ k_tile.transpose(-2, -1) * scale, mask), v_tile)
 
 # --------------------------------------------------------------------------- causal tile skipping
 
@@ -401,12 +372,10 @@ MUTANTS = {
                   osu_exp_separately, osu_lse_without_max, osu_neginf_m_as_zero, osu_zeros_on_cpu, osu_bmm_with_view,
                   osu_float64_state, osu_shifts_scores_in_place, osu_shift_by_tile_max, osu_renamed_arguments, osu_exp_in_float32)
     },
-    "test_forward_tile_step": {
+    "test_flash_forward": {
         f.__name__: f
-        for f in (fts_no_scale, fts_default_scale, fts_divides_by_scale, fts_mask_inverted, fts_mask_with_zero, fts_mask_after_update,
-                  fts_ignores_mask, fts_acc_not_rescaled, fts_nan_for_masked_rows, fts_normalised,
-                  fts_exp_separately, fts_neginf_m_as_zero, fts_fill_made_on_cpu, fts_default_mask_on_cpu, fts_bmm_with_view,
-                  fts_scales_q_in_place, fts_mask_finfo_min, fts_float32_scores, fts_mask_scale_swapped, fts_scores_in_float32)
+        for f in (ff_no_causal_skip, ff_mask_every_tile_no_skip, ff_skip_one_tile_early, ff_acc_not_rescaled, ff_lse_is_m,
+                  ff_max_before_scale, ff_mask_diagonal_only_when_full, ff_float32, ff_scales_q_in_place, ff_block_sizes_swapped)
     },
     "test_causal_tile_skip": {
         f.__name__: f
@@ -414,4 +383,32 @@ MUTANTS = {
                   skip_when_tile_needs_mask, skip_below_diagonal, skip_returns_tensor,
                   skip_returns_int, skip_returns_numpy_bool, skip_arguments_reordered, skip_tile_local_index, skip_returns_none)
     },
+}
+
+
+# --------------------------------------------------------------------------- predict_causal_skipped_fraction
+
+
+def predict_skipped_half():
+    """'About half': forgets that the diagonal tiles are computed."""
+    return 0.5
+
+
+def predict_computed_share():
+    """The share of the tiles computed (36 of 64), not skipped."""
+    return 36 / 64
+
+
+def predict_diagonal_share():
+    """The share of the tiles on the diagonal (8 of 64)."""
+    return 8 / 64
+
+
+def predict_count_not_share():
+    """The number of skipped tiles (28), not their share."""
+    return 28
+
+
+MUTANTS["test_predict_causal_skipped_fraction"] = {
+    f.__name__: f for f in (predict_skipped_half, predict_computed_share, predict_diagonal_share, predict_count_not_share)
 }

@@ -552,3 +552,180 @@ MUTANTS = {
                   int4_divides_in_place)
     },
 }
+
+
+# --------------------------------------------------------------------------- capstone: packed int4 with zero points
+
+
+def _pk_check(w, group_size):
+    if w.dim() != 2 or w.shape[1] % 2 or group_size % 2 or w.shape[1] % group_size:
+        raise ValueError("bad shape")
+
+
+def _pk_grid(w, group_size):
+    out, n = w.shape
+    x = w.detach().to(torch.float32).reshape(out, n // group_size, group_size)
+    low, high = x.amin(dim=2).clamp(max=0), x.amax(dim=2).clamp(min=0)
+    scale = (high - low) / 15
+    return x, low, scale, torch.where(scale == 0, torch.ones_like(scale), scale)
+
+
+def _pk_pack(codes, swap=False):
+    low, high = codes[:, 0::2], codes[:, 1::2]
+    return (high | (low << 4)) if swap else (low | (high << 4))
+
+
+def _pk_quantize(w, group_size=32, swap=False):
+    _pk_check(w, group_size)
+    x, low, scale, divisor = _pk_grid(w, group_size)
+    zero = torch.round(-low / divisor)
+    codes = torch.clamp(torch.round(x / divisor[..., None]) + zero[..., None], 0, 15).to(torch.uint8).reshape(w.shape)
+    return _pk_pack(codes, swap), scale, zero.to(torch.uint8)
+
+
+def _pk_dequantize(packed, scale, zero, group_size=32, swap=False):
+    low, high = (packed >> 4, packed & 0xF) if swap else (packed & 0xF, packed >> 4)
+    codes = torch.stack([low, high], dim=-1).reshape(packed.shape[0], 2 * packed.shape[1]).to(torch.float32)
+    return scale.float().repeat_interleave(group_size, dim=1) * (codes - zero.float().repeat_interleave(group_size, dim=1))
+
+
+def pk_swapped_in_pack_only(w, group_size=32):
+    """High nibble first when packing, low nibble first when unpacking: the round trip fails."""
+    return _pk_quantize(w, group_size, swap=True)
+
+
+def pk_swapped_both(w, group_size=32):
+    """High nibble first in both functions: a round trip of its own, but not course_lib.int4's layout."""
+    return _pk_quantize(w, group_size, swap=True)
+
+
+def pk_symmetric_16_levels(w, group_size=32):
+    """Symmetric: scale = max|w| / 8 and zero 8, so the largest positive weight (code 16) is clipped to 15."""
+    _pk_check(w, group_size)
+    out, n = w.shape
+    x = w.detach().to(torch.float32).reshape(out, n // group_size, group_size)
+    scale = x.abs().amax(dim=2) / 8
+    divisor = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = torch.full_like(scale, 8.0)
+    codes = torch.clamp(torch.round(x / divisor[..., None]) + 8, 0, 15).to(torch.uint8).reshape(w.shape)
+    return _pk_pack(codes), scale, zero.to(torch.uint8)
+
+
+def pk_zero_not_rounded(w, group_size=32):
+    """The zero point -low / scale is added before rounding (and truncated when stored as uint8)."""
+    _pk_check(w, group_size)
+    x, low, scale, divisor = _pk_grid(w, group_size)
+    zero = -low / divisor
+    codes = torch.clamp(torch.round(x / divisor[..., None] + zero[..., None]), 0, 15).to(torch.uint8).reshape(w.shape)
+    return _pk_pack(codes), scale, zero.to(torch.uint8)
+
+
+def pk_no_clamp(w, group_size=32):
+    """Codes not clamped to 0..15: a 16 wraps to 0 in its nibble (or spills into the neighbour's)."""
+    _pk_check(w, group_size)
+    x, low, scale, divisor = _pk_grid(w, group_size)
+    zero = torch.round(-low / divisor)
+    codes = (torch.round(x / divisor[..., None]) + zero[..., None]).to(torch.uint8).reshape(w.shape) & 0xF
+    return _pk_pack(codes), scale, zero.to(torch.uint8)
+
+
+def pk_scale_eps(w, group_size=32):
+    """A group of zeros gets scale 1e-8 instead of 0 (an epsilon guard rather than a divide-by-one)."""
+    _pk_check(w, group_size)
+    x, low, scale, _ = _pk_grid(w, group_size)
+    scale = scale.clamp(min=1e-8)
+    zero = torch.round(-low / scale)
+    codes = torch.clamp(torch.round(x / scale[..., None]) + zero[..., None], 0, 15).to(torch.uint8).reshape(w.shape)
+    return _pk_pack(codes), scale, zero.to(torch.uint8)
+
+
+def pk_scale_nan(w, group_size=32):
+    """Divides by the scale even when it is 0: a group of zeros gets a NaN scale (0/0 of a 0 * (1/0) product)."""
+    _pk_check(w, group_size)
+    x, low, scale, _ = _pk_grid(w, group_size)
+    inverse = 1 / scale
+    zero = torch.round(-low * inverse)
+    codes = torch.clamp(torch.round(x * inverse[..., None]) + zero[..., None], 0, 15).to(torch.uint8).reshape(w.shape)
+    return _pk_pack(codes), 1 / inverse * torch.where(torch.isinf(inverse), torch.nan, 1.0), zero.to(torch.uint8)
+
+
+def pk_no_odd_check(w, group_size=32):
+    """No check of the sizes: an odd group_size or in silently packs codes of two groups into one byte."""
+    out, n = w.shape
+    g = group_size
+    x = w.detach().to(torch.float32)
+    pad = (-n) % g
+    groups = torch.nn.functional.pad(x, (0, pad)).reshape(out, -1, g)
+    low, high = groups.amin(dim=2).clamp(max=0), groups.amax(dim=2).clamp(min=0)
+    scale = (high - low) / 15
+    divisor = torch.where(scale == 0, torch.ones_like(scale), scale)
+    zero = torch.round(-low / divisor)
+    codes = torch.clamp(torch.round(groups / divisor[..., None]) + zero[..., None], 0, 15).to(torch.uint8).reshape(out, -1)[:, :n]
+    if n % 2:
+        codes = torch.nn.functional.pad(codes, (0, 1))
+    return _pk_pack(codes), scale, zero.to(torch.uint8)
+
+
+def pk_float16_scale(w, group_size=32):
+    """Scales returned in float16 (as course_lib.int4 stores them), not float32 as asked."""
+    packed, scale, zero = _pk_quantize(w, group_size)
+    return packed, scale.to(torch.float16), zero
+
+
+def pk_dequantize_ignores_zero(packed, scale, zero, group_size=32):
+    """scale * code, forgetting the zero point."""
+    return _pk_dequantize(packed, scale, torch.zeros_like(zero), group_size)
+
+
+def pk_dequantize_swapped(packed, scale, zero, group_size=32):
+    return _pk_dequantize(packed, scale, zero, group_size, swap=True)
+
+
+MUTANTS["test_int4_packed"] = {
+    name: {"quantize_int4_packed": quantize, "dequantize_int4_packed": dequantize}
+    for name, (quantize, dequantize) in {
+        "swapped_in_pack_only": (pk_swapped_in_pack_only, _pk_dequantize),
+        "swapped_both": (pk_swapped_both, pk_dequantize_swapped),
+        "symmetric_16_levels": (pk_symmetric_16_levels, _pk_dequantize),
+        "zero_not_rounded": (pk_zero_not_rounded, _pk_dequantize),
+        "no_clamp": (pk_no_clamp, _pk_dequantize),
+        "scale_eps": (pk_scale_eps, _pk_dequantize),
+        "scale_nan": (pk_scale_nan, _pk_dequantize),
+        "no_odd_check": (pk_no_odd_check, _pk_dequantize),
+        "float16_scale": (pk_float16_scale, _pk_dequantize),
+        "dequantize_ignores_zero": (_pk_quantize, pk_dequantize_ignores_zero),
+    }.items()
+}
+
+
+# --------------------------------------------------------------------------- prediction: MiB of a 4096 x 4096 int4 layer
+
+
+def predict_int4_codes_only():
+    """Half a byte per weight, the scales and zero points forgotten."""
+    return 8.0
+
+
+def predict_int4_fp16_zero():
+    """The zero point counted as a float16 too."""
+    return 8.5
+
+
+def predict_int4_fp32_scale():
+    """A float32 scale per group."""
+    return 8.625
+
+
+def predict_int4_byte_per_code():
+    """One byte per code (no packing)."""
+    return 16.375
+
+
+def predict_int4_bits():
+    """Counted in megabits."""
+    return 67.0
+
+
+MUTANTS["test_predict_int4_layer_mib"] = {
+    f.__name__: f for f in (predict_int4_codes_only, predict_int4_fp16_zero, predict_int4_fp32_scale, predict_int4_byte_per_code, predict_int4_bits)
+}

@@ -1,4 +1,7 @@
-"""Wrong answers to lesson 06's exercises: repeat_kv, kv_cache_bytes_from_config, cached_attention_step."""
+"""Wrong answers to lesson 06's exercises: repeat_kv, cached_attention_step, generate_with_static_cache.
+
+The kv_cache_bytes_from_config mutants stay for the checks of that function (tests/test_checks_kvcache.py).
+"""
 
 import math
 
@@ -358,6 +361,105 @@ def step_cache_in_float32(q, k_new, v_new, k_cache, v_cache):
     return out, k.float(), v.float()
 
 
+# --------------------------------------------------------------------------- generate_with_static_cache (the capstone)
+
+
+def _static_generate(model, input_ids, max_new_tokens, *, recompute=False, grow=False, window=0, tile=False, no_offset=False):
+    """The static-cache loop, with one mistake switched on."""
+    from course_lib import kvcache
+
+    config = model.config
+    batch, prompt_len = input_ids.shape
+    total = prompt_len + max_new_tokens
+    group = config.n_heads // config.n_kv_heads
+    shape = (config.n_layers, batch, config.n_kv_heads, total, config.head_dim)
+    k_cache = torch.zeros(shape, dtype=model.embed.weight.dtype)
+    v_cache = torch.zeros(shape, dtype=model.embed.weight.dtype)
+    grown = [[None, None] for _ in range(config.n_layers)]
+    out = torch.empty(batch, total, dtype=torch.long)
+    out[:, :prompt_len] = input_ids
+    with torch.no_grad():
+        start, new = 0, input_ids
+        for t in range(prompt_len, total):
+            if recompute:
+                start, new = 0, out[:, :t]
+            end = start + new.shape[1]
+            positions = torch.arange(start, end)
+            mask = positions[:, None] >= torch.arange(end)[None, :]
+            x = model.embed(new)
+            for layer in range(config.n_layers):
+                q, k, v = kvcache.layer_qkv(model, layer, x, torch.arange(new.shape[1]) if no_offset else positions)
+                if grow:
+                    old_k, old_v = grown[layer]
+                    grown[layer] = [k if old_k is None else torch.cat([old_k, k], dim=2),
+                                    v if old_v is None else torch.cat([old_v, v], dim=2)]
+                    keys, values = grown[layer]
+                else:
+                    k_cache[layer, :, :, start:end] = k
+                    v_cache[layer, :, :, start:end] = v
+                    keys, values = k_cache[layer, :, :, :end + window], v_cache[layer, :, :, :end + window]
+                n_keys = keys.shape[2]
+                if tile:
+                    keys, values = keys.repeat(1, group, 1, 1), values.repeat(1, group, 1, 1)
+                else:
+                    keys, values = keys.repeat_interleave(group, dim=1), values.repeat_interleave(group, dim=1)
+                scores = q @ keys.transpose(-2, -1) / math.sqrt(config.head_dim)
+                full_mask = torch.ones(end - start, n_keys, dtype=torch.bool)
+                full_mask[:, :min(end, n_keys)] = mask[:, :n_keys]
+                scores = scores.masked_fill(~full_mask, float("-inf"))
+                x = kvcache.layer_output(model, layer, x, torch.softmax(scores, dim=-1) @ values)
+            out[:, t] = model.lm_head(model.norm(x[:, -1])).argmax(dim=-1)
+            new, start = out[:, t:t + 1], end
+    return out
+
+
+def static_recomputes_everything(model, input_ids, max_new_tokens):
+    return _static_generate(model, input_ids, max_new_tokens, recompute=True)
+
+
+def static_grows_by_cat(model, input_ids, max_new_tokens):
+    return _static_generate(model, input_ids, max_new_tokens, grow=True)
+
+
+def static_misses_the_newest(model, input_ids, max_new_tokens):
+    return _static_generate(model, input_ids, max_new_tokens, window=-1)
+
+
+def static_reads_an_unwritten_slot(model, input_ids, max_new_tokens):
+    return _static_generate(model, input_ids, max_new_tokens, window=1)
+
+
+def static_tiles_kv_heads(model, input_ids, max_new_tokens):
+    return _static_generate(model, input_ids, max_new_tokens, tile=True)
+
+
+def static_forgets_rope_offset(model, input_ids, max_new_tokens):
+    return _static_generate(model, input_ids, max_new_tokens, no_offset=True)
+
+
+def static_new_tokens_only(model, input_ids, max_new_tokens):
+    return _static_generate(model, input_ids, max_new_tokens)[:, input_ids.shape[1]:]
+
+
+# --------------------------------------------------------------------------- predict_gqa8_cache_shrink
+
+
+def predict_shrink_kv_heads():
+    return 8          # the number of key/value heads, not the ratio
+
+
+def predict_shrink_inverted():
+    return 0.25       # GQA's share of the MHA cache, not how many times smaller
+
+
+def predict_shrink_query_heads():
+    return 32
+
+
+def predict_shrink_bool():
+    return True
+
+
 MUTANTS = {
     "test_repeat_kv": {
         f.__name__: f
@@ -366,13 +468,13 @@ MUTANTS = {
                   repeat_kv_flatten_with_view, repeat_kv_flatten_with_minus_one, repeat_kv_times_ones, repeat_kv_unsqueeze_in_place,
                   repeat_kv_upcasts, repeat_kv_renamed_arguments, repeat_kv_loop_into_buffer)
     },
-    "test_kv_cache_bytes_from_config": {
+    "test_generate_with_static_cache": {
         f.__name__: f
-        for f in (kv_config_ignores_kv_heads, kv_config_keys_only, kv_config_head_dim_from_hidden, kv_config_key_error,
-                  kv_config_no_batch, kv_config_one_layer, kv_config_float_head_dim, kv_config_head_dim_per_kv_head,
-                  kv_config_none_is_a_value,
-                  kv_config_setdefault, kv_config_writes_head_dim, kv_config_pops_keys, kv_config_swapped_parameters,
-                  kv_config_renamed_parameters, kv_config_float_for_half_bytes, kv_config_numpy_product)
+        for f in (static_recomputes_everything, static_grows_by_cat, static_misses_the_newest, static_reads_an_unwritten_slot,
+                  static_tiles_kv_heads, static_forgets_rope_offset, static_new_tokens_only)
+    },
+    "test_predict_gqa8_cache_shrink": {
+        f.__name__: f for f in (predict_shrink_kv_heads, predict_shrink_inverted, predict_shrink_query_heads, predict_shrink_bool)
     },
     "test_cached_attention_step": {
         f.__name__: f
@@ -383,4 +485,15 @@ MUTANTS = {
                   step_scales_q_in_place, step_scale_by_cache_length, step_float32_scores, step_cache_in_float32,
                   step_softmax_in_float32)
     },
+}
+
+# The checks of course_lib.kvcache.kv_cache_bytes_from_config (no longer an exercise: lesson 03 writes the formula)
+# keep their wrong answers, tested in tests/test_checks_kvcache.py.
+CONFIG_MUTANTS = {
+    f.__name__: f
+    for f in (kv_config_ignores_kv_heads, kv_config_keys_only, kv_config_head_dim_from_hidden, kv_config_key_error,
+              kv_config_no_batch, kv_config_one_layer, kv_config_float_head_dim, kv_config_head_dim_per_kv_head,
+              kv_config_none_is_a_value,
+              kv_config_setdefault, kv_config_writes_head_dim, kv_config_pops_keys, kv_config_swapped_parameters,
+              kv_config_renamed_parameters, kv_config_float_for_half_bytes, kv_config_numpy_product)
 }

@@ -242,3 +242,139 @@ MUTANTS = {
                   kv_bytes_head_dim_from_heads, kv_bytes_numpy)
     },
 }
+
+
+# ---------------------------------------------------------------- capstone: activation_bytes
+
+
+def _activation_bytes(shape, batch_size, seq_len, attention="eager", checkpointing=False, *, probs=True, logit_bytes=4,
+                      logit_width=None, recompute=True, kv=None, batch=True, rope_in_checkpoints=False, validate=True,
+                      norm_elements=None, as_float=False):
+    """The answer, with one thing done wrong at a time (the keyword-only switches)."""
+    if validate:
+        for name, value in (("batch_size", batch_size), ("seq_len", seq_len)):
+            if isinstance(value, bool) or not isinstance(value, int) or value <= 0:
+                raise ValueError(f"{name} must be a positive int, got {value!r}")
+    h, f, layers, a, d_h = shape.d_model, shape.d_ff, shape.n_layers, shape.n_heads, shape.head_dim
+    k = shape.n_kv_heads if kv is None else kv(shape)
+    tokens = (batch_size if batch else 1) * seq_len
+    norm = 3 * h + 1 if norm_elements is None else norm_elements(h)
+    attn = 4 * a * d_h + (a * seq_len if probs else 0) if attention == "eager" else 2 * a * d_h + 2 * k * d_h + a
+    block = 4 * tokens * (2 * norm + attn + 4 * f)
+    width = shape.vocab_size if logit_width is None else logit_width(shape)
+    outside = 8 * tokens + 4 * tokens * norm + logit_bytes * tokens * width + 8 * tokens + 4
+    rope = 8 * seq_len * d_h
+    if checkpointing:
+        total = layers * 4 * h * tokens + (block if recompute else 0) + outside + (rope if rope_in_checkpoints else 0)
+    else:
+        total = layers * block + rope + outside
+    return total / 1 if as_float else total
+
+
+def activation_no_probs(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """Forgets eager attention's probabilities (the a * s term per token, s^2 per sequence)."""
+    return _activation_bytes(shape, batch_size, seq_len, attention, checkpointing, probs=False)
+
+
+def activation_logits_bf16(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """Counts the log-probabilities of the loss in 2 bytes (transformers upcasts them to fp32)."""
+    return _activation_bytes(shape, batch_size, seq_len, attention, checkpointing, logit_bytes=2)
+
+
+def activation_logits_d_model(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """Sizes the logits by d_model instead of the vocabulary."""
+    return _activation_bytes(shape, batch_size, seq_len, attention, checkpointing, logit_width=lambda s: s.d_model)
+
+
+def activation_no_recompute(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """With checkpointing, forgets the block recomputed during backward."""
+    return _activation_bytes(shape, batch_size, seq_len, attention, checkpointing, recompute=False)
+
+
+def activation_kv_as_heads(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """Sizes SDPA's k and v with the query heads instead of the kv heads."""
+    return _activation_bytes(shape, batch_size, seq_len, attention, checkpointing, kv=lambda s: s.n_heads)
+
+
+def activation_per_sequence(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """Counts one sequence, not the whole batch."""
+    return _activation_bytes(shape, batch_size, seq_len, attention, checkpointing, batch=False)
+
+
+def activation_rope_in_checkpoints(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """Keeps counting the RoPE tables with checkpointing (the blocks recompute them)."""
+    return _activation_bytes(shape, batch_size, seq_len, attention, checkpointing, rope_in_checkpoints=True)
+
+
+def activation_norm_output_only(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """Counts only the output of each RMSNorm (h), not its input, 1/rms and x / rms."""
+    return _activation_bytes(shape, batch_size, seq_len, attention, checkpointing, norm_elements=lambda h: h)
+
+
+def activation_accepts_bool(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """Rejects only sizes below 1: True passes as a batch of one."""
+    if batch_size < 1 or seq_len < 1:
+        raise ValueError("batch_size and seq_len must be positive")
+    return _activation_bytes(shape, int(batch_size), int(seq_len), attention, checkpointing, validate=False)
+
+
+def activation_float(shape, batch_size, seq_len, attention="eager", checkpointing=False):
+    """Returns a float (bytes computed with /)."""
+    return _activation_bytes(shape, batch_size, seq_len, attention, checkpointing, as_float=True)
+
+
+MUTANTS["test_activation_bytes"] = {
+    f.__name__: f
+    for f in (activation_no_probs, activation_logits_bf16, activation_logits_d_model, activation_no_recompute,
+              activation_kv_as_heads, activation_per_sequence, activation_rope_in_checkpoints, activation_norm_output_only,
+              activation_accepts_bool, activation_float)
+}
+
+
+# ---------------------------------------------------------------- predictions
+
+
+def predict_adamw_source_total():
+    """The source's whole training total, activations included."""
+    return 24
+
+
+def predict_adamw_optimizer_only():
+    """Counts the steps' extra only (Adam's states and the gradients, not the weights)."""
+    return 12
+
+
+def predict_adamw_one_moment():
+    """Adam with one state instead of two."""
+    return 12.0
+
+
+def predict_adamw_mixed_halved():
+    """Halves everything, as if fp32 were 2 bytes."""
+    return 8
+
+
+def predict_probs_linear():
+    """Linear in the sequence, like everything else."""
+    return 2
+
+
+def predict_probs_cubic():
+    return 8
+
+
+def predict_probs_per_token_only():
+    """Per token the probabilities double; forgets that the tokens double too."""
+    return 2.0
+
+
+def predict_probs_bool():
+    return True
+
+
+MUTANTS["test_predict_adamw_bytes_per_param"] = {
+    f.__name__: f for f in (predict_adamw_source_total, predict_adamw_optimizer_only, predict_adamw_one_moment, predict_adamw_mixed_halved)
+}
+MUTANTS["test_predict_probs_growth"] = {
+    f.__name__: f for f in (predict_probs_linear, predict_probs_cubic, predict_probs_per_token_only, predict_probs_bool)
+}

@@ -523,6 +523,111 @@ def generate_other_names(model, prompt, n_new):
     return _greedy(model, prompt, n_new, _argmax)
 
 
+# --------------------------------------------------------------------------- decoder_block (capstone)
+
+
+def _block(x, weights, n_heads, n_kv_heads, eps=1e-6, theta=10000.0, *, post_norm=False, rope_on="qk", silu_on="gate",
+           causal=True, norm="rms", residual=(True, True)):
+    """A decoder block with one step changed by the keyword arguments (the defaults are right)."""
+    from course_lib import models
+
+    batch, length, d_model = x.shape
+    head_dim = d_model // n_heads
+
+    def normalise(h, gain):
+        if norm == "layer":
+            h = h - h.mean(dim=-1, keepdim=True)
+        return gain * h * torch.rsqrt(h.pow(2).mean(dim=-1, keepdim=True) + (0.0 if norm == "no_eps" else eps))
+
+    def heads(h, n):
+        return h.view(batch, length, n, head_dim).transpose(1, 2)
+
+    cos, sin = models.rope_cos_sin(torch.arange(length), head_dim, theta, dtype=x.dtype)
+    rope = lambda t, which: models.apply_rope(t, cos, sin) if which in rope_on else t  # noqa: E731
+
+    def attention(h):
+        q = rope(heads(h @ weights["attn.q_proj.weight"].T, n_heads), "q")
+        k = rope(heads(h @ weights["attn.k_proj.weight"].T, n_kv_heads), "k")
+        v = rope(heads(h @ weights["attn.v_proj.weight"].T, n_kv_heads), "v")
+        k, v = (t.repeat_interleave(n_heads // n_kv_heads, dim=1) for t in (k, v))
+        out = F.scaled_dot_product_attention(q, k, v, is_causal=causal)
+        return out.transpose(1, 2).reshape(batch, length, d_model) @ weights["attn.o_proj.weight"].T
+
+    def mlp(h):
+        gate, up = h @ weights["mlp.gate_proj.weight"].T, h @ weights["mlp.up_proj.weight"].T
+        gated = F.silu(gate) * up if silu_on == "gate" else gate * F.silu(up)
+        return gated @ weights["mlp.down_proj.weight"].T
+
+    if post_norm:
+        x = normalise(x + attention(x), weights["attn_norm.weight"])
+        return normalise(x + mlp(x), weights["mlp_norm.weight"])
+    x = (x if residual[0] else 0) + attention(normalise(x, weights["attn_norm.weight"]))
+    return (x if residual[1] else 0) + mlp(normalise(x, weights["mlp_norm.weight"]))
+
+
+def _block_mutant(name, doc, **change):
+    def mutant(x, weights, n_heads, n_kv_heads, eps=1e-6, theta=10000.0):
+        return _block(x, weights, n_heads, n_kv_heads, eps, theta, **change)
+
+    mutant.__name__, mutant.__doc__ = name, doc
+    return mutant
+
+
+block_post_norm = _block_mutant("block_post_norm", "Post-norm (the original Transformer's): normalises after each residual add.", post_norm=True)
+block_without_rope = _block_mutant("block_without_rope", "Forgets the rotary embeddings.", rope_on="")
+block_rope_on_values = _block_mutant("block_rope_on_values", "Rotates the values as well as the queries and keys.", rope_on="qkv")
+block_rope_on_queries_only = _block_mutant("block_rope_on_queries_only", "Rotates the queries only.", rope_on="q")
+block_silu_on_up = _block_mutant("block_silu_on_up", "SwiGLU with SiLU on the up branch instead of the gate.", silu_on="up")
+block_not_causal = _block_mutant("block_not_causal", "No causal mask: every position sees the future.", causal=False)
+block_norm_without_eps = _block_mutant("block_norm_without_eps", "RMSNorm without eps.", norm="no_eps")
+block_layer_norm = _block_mutant("block_layer_norm", "Subtracts the mean (LayerNorm without bias) instead of RMSNorm.", norm="layer")
+block_no_attention_residual = _block_mutant("block_no_attention_residual", "Drops the residual around attention.", residual=(False, True))
+block_no_mlp_residual = _block_mutant("block_no_mlp_residual", "Drops the residual around the MLP.", residual=(True, False))
+
+
+# --------------------------------------------------------------------------- predictions
+
+
+def uniform_loss_log2():
+    """In bits, not nats."""
+    return 10.0
+
+
+def uniform_loss_one_over_v():
+    """The probability, not minus its log."""
+    return 1 / 1024
+
+
+def uniform_loss_log10():
+    """Common logarithm."""
+    return 3.0103
+
+
+def uniform_loss_vocab_size():
+    """The perplexity, not the loss."""
+    return 1024
+
+
+def block_params_kv_like_q():
+    """Counts W_k and W_v as d x d (multi-head, not grouped-query)."""
+    return (4 * 4096 * 4096 + 3 * 4096 * 14336 + 2 * 4096) / 1e6
+
+
+def block_params_two_mlp_matrices():
+    """A classic two-matrix MLP instead of SwiGLU's three."""
+    return (2 * 4096 * 4096 + 2 * 4096 * 1024 + 2 * 4096 * 14336 + 2 * 4096) / 1e6
+
+
+def block_params_attention_only():
+    """Forgets the MLP."""
+    return (2 * 4096 * 4096 + 2 * 4096 * 1024 + 2 * 4096) / 1e6
+
+
+def block_params_whole_model():
+    """All 32 blocks, not one."""
+    return 32 * (2 * 4096 * 4096 + 2 * 4096 * 1024 + 3 * 4096 * 14336 + 2 * 4096) / 1e6
+
+
 MUTANTS = {
     "test_merge_pair": {
         f.__name__: f
@@ -551,5 +656,16 @@ MUTANTS = {
                   generate_new_tokens_only, generate_samples, generate_stops_at_eos_two, generate_stops_at_eos_zero,
                   generate_pads_after_config_eos, generate_argmax_in_bfloat16, generate_argmax_in_float16, generate_in_the_prompt_dtype,
                   generate_never_special, generate_other_names)
+    },
+    "test_decoder_block": {
+        f.__name__: f
+        for f in (block_post_norm, block_without_rope, block_rope_on_values, block_rope_on_queries_only, block_silu_on_up,
+                  block_not_causal, block_norm_without_eps, block_layer_norm, block_no_attention_residual, block_no_mlp_residual)
+    },
+    "test_predict_uniform_loss": {
+        f.__name__: f for f in (uniform_loss_log2, uniform_loss_one_over_v, uniform_loss_log10, uniform_loss_vocab_size)
+    },
+    "test_predict_block_params_millions": {
+        f.__name__: f for f in (block_params_kv_like_q, block_params_two_mlp_matrices, block_params_attention_only, block_params_whole_model)
     },
 }
