@@ -78,7 +78,7 @@ def show(rows, columns: Sequence[str] | None = None, formats: Mapping[str, Forma
     unknown = [c for c in formats if c not in table.columns]
     if unknown:
         raise ValueError(f"a format for {unknown[0]!r}, which is not a column; the columns are {list(table.columns)}")
-    styled = table.style.format(formats).hide(axis="index")
+    styled = table.style.format(formats, escape="html").hide(axis="index")  # "<eos>" shows as text
     if caption:
         styled = styled.set_caption(caption)
     try:

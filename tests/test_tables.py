@@ -66,3 +66,16 @@ def test_show_displays_html_in_jupyter(monkeypatch):
     tables.show([{"N": 1, "x": 0.123456}], formats={"x": "{:.2f}"}, caption="c")
     html = shown[0].to_html()
     assert "0.12" in html and "0.123456" not in html and "c</caption>" in html
+
+
+def test_show_escapes_text_that_looks_like_html(monkeypatch):
+    """A token such as '<eos>' is text: in HTML it must arrive as &lt;eos&gt;, not vanish as an unknown tag."""
+    shown = []
+    import IPython
+    import IPython.display
+
+    monkeypatch.setattr(IPython, "get_ipython", lambda: object())
+    monkeypatch.setattr(IPython.display, "display", shown.append)
+    tables.show([{"token": "'<eos>'", "p": 0.5}], formats={"p": "{:.0%}"})
+    html = shown[0].to_html()
+    assert "&lt;eos&gt;" in html and "<eos>" not in html and "50%" in html
