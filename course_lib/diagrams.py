@@ -445,7 +445,7 @@ def flash_tiling(seq_len: int = 512, block: int = 64, causal: bool = False, seed
     left.annotate("one Q tile stays in SRAM; the K, V tiles\nstream past it from HBM, left to right",
                   xy=(width / 2, n - q_tile), xytext=(width / 2, n + 0.3), ha="center", fontsize=8,
                   arrowprops={"arrowstyle": "-|>", "lw": 1})
-    counts = {kind: sum(row.count(kind) for row in kinds) for kind in TILE_COLOURS if not (kind != "computed" and not causal)}
+    counts = {kind: sum(row.count(kind) for row in kinds) for kind in (TILE_COLOURS if causal else ["computed"])}
     handles = [plt.Rectangle((0, 0), 1, 1, facecolor=TILE_COLOURS[k], edgecolor="grey") for k in counts]
     left.legend(handles, [f"{k}: {c} tiles" for k, c in counts.items()], loc="lower left", fontsize=8)
     left.set_xlim(0, n)

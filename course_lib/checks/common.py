@@ -119,21 +119,31 @@ def loss_gradients(loss_fn, inputs: list[torch.Tensor], more: tuple = ()) -> dic
     return report
 
 
-def call_with_gradients(loss_fn, inputs: list[torch.Tensor], what: str, more: tuple = ()) -> dict:
-    """:func:`loss_gradients` of the learner's ``loss_fn``, run in its grading sandbox when it lives in one.
+def beside_answer(fn, driver, *args, what: str):
+    """``driver(fn, *args)``, run in the learner's grading sandbox when ``fn`` lives in one; returns what it returned.
 
-    Gradients cannot travel back from a sandbox (only data does), so there the backward pass
-    runs next to the learner's function and only the report comes back.
+    What the answer does in a sandbox cannot be seen from the grader (its gradients, its operators,
+    the hooks of its copy of a model): there the driver, a function of ``course_lib.checks``, runs next
+    to the answer and only its report, as data, comes back. An error the answer raises fails the
+    check with a message that names the call.
     """
-    driver = f"{__name__}:loss_gradients"
     try:
-        if hasattr(loss_fn, "through"):  # the grader: the learner's function lives in a sandbox
-            return loss_fn.through(driver, list(inputs), tuple(more))
-        return loss_gradients(loss_fn, list(inputs), tuple(more))
+        if hasattr(fn, "through"):  # the grader: the learner's function lives in a sandbox
+            return fn.through(f"{driver.__module__}:{driver.__name__}", *args)
+        return driver(fn, *args)
     except AssertionError:
         raise
     except Exception as err:  # noqa: BLE001  (the answer's own error, reported as a failed check)
         raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from None
+
+
+def call_with_gradients(loss_fn, inputs: list[torch.Tensor], what: str, more: tuple = ()) -> dict:
+    """:func:`loss_gradients` of the learner's ``loss_fn``, run beside it (:func:`beside_answer`).
+
+    Gradients cannot travel back from a sandbox (only data does), so there the backward pass
+    runs next to the learner's function and only the report comes back.
+    """
+    return beside_answer(loss_fn, loss_gradients, list(inputs), tuple(more), what=what)
 
 
 def expect_tensor(got, expected: torch.Tensor, what: str, *, atol: float | None = None, rtol: float | None = None) -> None:

@@ -17,7 +17,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 from course_lib import flash as ref
 from course_lib.attention import causal_mask
-from course_lib.checks.common import call, call_explained, expect_same_device, expect_tensor, new_generator, on_meta, randint
+from course_lib.checks.common import beside_answer, call, call_explained, expect_same_device, expect_tensor, new_generator, on_meta, randint
 from course_lib.checks.guard import Rules, watched
 
 _DTYPES = (torch.float32, torch.float64)
@@ -368,17 +368,13 @@ class _ScoreTiles(TorchDispatchMode):
     """Records every matrix product whose inner dimension is the head dim ``e``: the score tiles ``Q_i K_j^T``.
 
     The products ``P V`` sum over the keys of a tile instead, and the checks choose ``e`` larger
-    than any key tile, so they are never mistaken for scores. ``pairs`` counts (query, key)
-    scores per (batch, head); ``largest`` is the largest tile of scores made by one product.
+    than any key tile, so they are never mistaken for scores. ``scores`` counts the scores made
+    (over every batch and head); ``largest`` is the largest tile of scores made by one product.
     """
 
-    def __init__(self, e: int, batch: int):
+    def __init__(self, e: int):
         super().__init__()
-        self.e, self.batch, self.scores, self.products, self.largest = e, batch, 0, 0, 0
-
-    @property
-    def pairs(self) -> int:
-        return self.scores // self.batch
+        self.e, self.scores, self.products, self.largest = e, 0, 0, 0
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         out = func(*args, **(kwargs or {}))
@@ -488,10 +484,13 @@ def check_flash_forward_tiles(flash_forward, seed: int | None = None) -> None:
         tiles_arg = {} if block_q is None else {"block_q": block_q, "block_k": block_k}
         call_text = ", ".join(f"{name}={value}" for name, value in tiles_arg.items()) or "the default tiles of 64"
         what = f"flash_forward(q, k, v, {call_text}, causal={causal}) with q {tuple(q.shape)}, k {tuple(k.shape)} (seed {seed})"
-        counted = _count_score_tiles(flash_forward, e, 2, [q.clone(), k.clone(), v.clone()], {"causal": causal, **tiles_arg}, what)
+        counted = beside_answer(flash_forward, score_tiles_driver, e, [q.clone(), k.clone(), v.clone()], {"causal": causal, **tiles_arg},
+                                what=what)
+        if not isinstance(counted, dict) or any(type(counted.get(key)) is not int for key in ("scores", "products", "largest")):
+            raise AssertionError(f"{what}: the count of score tiles did not come back from the sandbox")
         _expect_forward(counted["value"], q, k, v, causal, what)
         pairs, tiles = _expected_score_pairs(n_q, n_k, bq, bk, causal)
-        products, largest, seen_pairs = counted["products"], counted["largest"], counted["scores"] // 2
+        products, largest, seen_pairs = counted["products"], counted["largest"], counted["scores"] // q.shape[:-2].numel()
         if products == 0:
             raise AssertionError(f"{what}: no matrix product over the head dim was seen; compute each tile of scores with @ (q_tile @ k_tile^T)")
         if largest > bq * bk:
@@ -504,33 +503,15 @@ def check_flash_forward_tiles(flash_forward, seed: int | None = None) -> None:
                                  f"the tiles {'on or below the diagonal' if causal else 'of the grid'} hold {pairs} ({tiles} tiles).{extra}")
 
 
-def score_tiles_driver(flash_forward, e: int, batch: int, args: list, kwargs: dict) -> dict:
+def score_tiles_driver(flash_forward, e: int, args: list, kwargs: dict) -> dict:
     """Call ``flash_forward(*args, **kwargs)`` under a :class:`_ScoreTiles` counter; report the output and the counts.
 
-    A driver: when the learner's function lives in a grading sandbox, this runs there, next to it
-    (an operator the sandbox runs cannot be seen from the grader), and only the report, as data, comes back.
+    A driver (:func:`course_lib.checks.common.beside_answer`): in grading it runs in the sandbox, next to the answer.
     """
-    counter = _ScoreTiles(e, batch)
+    counter = _ScoreTiles(e)
     with counter:
         got = flash_forward(*args, **kwargs)
     return {"value": got, "scores": counter.scores, "products": counter.products, "largest": counter.largest}
-
-
-def _count_score_tiles(flash_forward, e: int, batch: int, args: list, kwargs: dict, what: str) -> dict:
-    """:func:`score_tiles_driver`, in the learner's sandbox when the function lives in one; its errors name the call."""
-    try:
-        if hasattr(flash_forward, "through"):
-            report = flash_forward.through(f"{__name__}:score_tiles_driver", e, batch, args, kwargs)
-        else:
-            report = score_tiles_driver(flash_forward, e, batch, args, kwargs)
-    except AssertionError:
-        raise
-    except Exception as err:  # noqa: BLE001  (the answer's own error, reported as a failed check)
-        raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from None
-    counts = ("scores", "products", "largest")
-    if not isinstance(report, dict) or any(type(report.get(key)) is not int for key in counts):
-        raise AssertionError(f"{what}: the count of score tiles did not come back from the sandbox")
-    return report
 
 
 # --------------------------------------------------------------------------- predict, then run

@@ -16,7 +16,7 @@ import torch.nn.functional as F
 
 from course_lib import attention as ref
 from course_lib import kvcache
-from course_lib.checks.common import call, call_explained, expect_int, expect_same_device, expect_tensor, new_generator, on_meta, randint
+from course_lib.checks.common import beside_answer, call, call_explained, expect_int, expect_same_device, expect_tensor, new_generator, on_meta, randint
 from course_lib.checks.guard import Rules, watched
 from torch.utils._python_dispatch import TorchDispatchMode
 
@@ -464,9 +464,8 @@ def _describe_model(model) -> str:
 def generate_watched_driver(fn, model, ids, n_new: int) -> dict:
     """Run ``fn(model, ids, n_new)`` under a :class:`_CacheWatch` and a :class:`_TokenCounter`; report the tokens and what they saw.
 
-    A driver: when the learner's function lives in a grading sandbox, this runs there, next to it and its
-    copy of the model (the grader sees neither the sandbox's operators nor its model's hooks), and only the
-    report, as data, comes back.
+    A driver (:func:`course_lib.checks.common.beside_answer`): in grading it runs in the sandbox, next to the
+    answer and its copy of the model.
     """
     c = model.config
     counter = _TokenCounter(model)
@@ -481,15 +480,7 @@ def generate_watched_driver(fn, model, ids, n_new: int) -> dict:
 
 def _run_generate(fn, model, ids, n_new, what):
     c = model.config
-    try:
-        if hasattr(fn, "through"):  # the grader: the learner's function lives in a sandbox
-            report = fn.through(f"{__name__}:generate_watched_driver", model, ids.clone(), n_new)
-        else:
-            report = generate_watched_driver(fn, model, ids.clone(), n_new)
-    except AssertionError:
-        raise
-    except Exception as err:  # noqa: BLE001  (the answer's own error, reported as a failed check)
-        raise AssertionError(f"{what} raised {type(err).__name__}: {err}") from None
+    report = beside_answer(fn, generate_watched_driver, model, ids.clone(), n_new, what=what)
     if (not isinstance(report, dict) or type(report.get("allocations")) is not int or type(report.get("rows")) is not int
             or not isinstance(report.get("grown"), list)):
         raise AssertionError(f"{what}: what the watch saw did not come back from the sandbox")

@@ -185,7 +185,7 @@ def _update(m, l, acc, scores, v):
 # --------------------------------------------------------------------------- capstone: the whole forward pass
 
 
-def _ff(q, k, v, block_q=64, block_k=64, causal=False, *, skip="break", mask_all=False, rescale_acc=True, lse="m+log",
+def _ff(q, k, v, block_q=64, block_k=64, causal=False, *, skip="break", mask="diagonal", rescale_acc=True, lse="m+log",
         raw_max=False, work=None):
     """A tiled forward pass with one switch per mistake; the defaults give the right answer."""
     scale = 1.0 / math.sqrt(q.shape[-1])
@@ -207,7 +207,7 @@ def _ff(q, k, v, block_q=64, block_k=64, causal=False, *, skip="break", mask_all
                 break
             raw = qt @ k[..., k_start:k_end, :].transpose(-2, -1)
             s = raw * scale
-            if causal and (mask_all or k_end - 1 > q_start):
+            if causal and (mask == "every tile" or (mask == "diagonal" and k_end - 1 > q_start)):
                 seen = torch.arange(k_start, k_end).unsqueeze(0) <= torch.arange(q_start, q_end).unsqueeze(-1)
                 s, raw = s.masked_fill(~seen, float("-inf")), raw.masked_fill(~seen, float("-inf"))
             m_new = torch.maximum(m, (raw if raw_max else s).amax(dim=-1))
@@ -232,7 +232,7 @@ def ff_no_causal_skip(q, k, v, block_q=64, block_k=64, causal=False):
 
 def ff_mask_every_tile_no_skip(q, k, v, block_q=64, block_k=64, causal=False):
     """Builds the causal mask for every tile and never skips one: right output, every tile computed."""
-    return _ff(q, k, v, block_q, block_k, causal, skip="none", mask_all=True)
+    return _ff(q, k, v, block_q, block_k, causal, skip="none", mask="every tile")
 
 
 def ff_skip_one_tile_early(q, k, v, block_q=64, block_k=64, causal=False):
@@ -257,24 +257,7 @@ def ff_max_before_scale(q, k, v, block_q=64, block_k=64, causal=False):
 
 def ff_mask_diagonal_only_when_full(q, k, v, block_q=64, block_k=64, causal=False):
     """Skips the tiles above the diagonal but never masks the tiles on it."""
-    scale = 1.0 / math.sqrt(q.shape[-1])
-    n_q, n_k = q.shape[-2], k.shape[-2]
-    outs, lses = [], []
-    for q_start in range(0, n_q, block_q):
-        q_end = min(q_start + block_q, n_q)
-        qt = q[..., q_start:q_end, :]
-        m = qt.new_full(qt.shape[:-1], float("-inf"))
-        l, acc = qt.new_zeros(qt.shape[:-1]), qt.new_zeros(*qt.shape[:-1], v.shape[-1])
-        for k_start in range(0, n_k, block_k):
-            if causal and k_start > q_end - 1:
-                break
-            s = qt @ k[..., k_start:k_start + block_k, :].transpose(-2, -1) * scale
-            m_new = torch.maximum(m, s.amax(dim=-1))
-            factor, p = torch.exp(m - m_new), torch.exp(s - m_new.unsqueeze(-1))
-            l, acc, m = l * factor + p.sum(-1), acc * factor.unsqueeze(-1) + p @ v[..., k_start:k_start + block_k, :], m_new
-        outs.append(acc / l.unsqueeze(-1))
-        lses.append(m + torch.log(l))
-    return torch.cat(outs, dim=-2), torch.cat(lses, dim=-1)
+    return _ff(q, k, v, block_q, block_k, causal, mask="never")
 
 
 def ff_float32(q, k, v, block_q=64, block_k=64, causal=False):
@@ -284,10 +267,8 @@ def ff_float32(q, k, v, block_q=64, block_k=64, causal=False):
 
 def ff_scales_q_in_place(q, k, v, block_q=64, block_k=64, causal=False):
     """Right values, but multiplies the caller's q by the scale in place (and then undoes nothing)."""
-    q.mul_(1.0)
     q.mul_(1.0 / math.sqrt(q.shape[-1]))
-    o, lse = _ff(q, k, v, block_q, block_k, causal)
-    return o, lse
+    return _ff(q, k, v, block_q, block_k, causal)
 
 
 def ff_block_sizes_swapped(q, k, v, block_q=64, block_k=64, causal=False):
